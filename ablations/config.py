@@ -1,0 +1,439 @@
+"""The experiment config: one small frozen dataclass per part, composed into :class:`ExperimentConfig`.
+
+Keys are the papers' words (``output_stride``, ``multi_grid``, ``image_pooling``, ``low_level_channels``).
+Every field carries a one-line ``doc`` (what it is and the paper section); ``ablations describe`` and the
+README's axis table come from it. Validation lives here and only here: a bad value raises
+:class:`ConfigError` naming the field, the value and what is allowed. Fields whose default depends on
+another field (``context.rates`` depends on ``context.kind`` and ``context.preset``) default to ``None`` and
+are resolved in ``__post_init__``, so a resolved config round-trips through ``to_dict``/``from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ablations.dilation import FIRST_UNIT_CONVENTIONS, LAYOUTS, dilation_plan, scale_rates
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the field, the value and what is allowed."""
+
+
+def _field(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ConfigError(f"{key}={shown!r}: {allowed}")
+
+
+def _choice(key: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = list(choices)
+    _require(value in choices, key, value, f"allowed {choices}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parts
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneConfig:
+    name: str = _field("resnet50", "encoder: resnet18|resnet34|resnet50|resnet101 (v3 §4) or mobilenet_v2 (smp)")
+    width: float = _field(1.0, "channel width multiplier of the encoder; 1.0 is the published network")
+    output_stride: int = _field(16, "input size / final feature size, reached with atrous convolution (v3 §3.1)")
+    multi_grid: tuple[int, ...] | None = _field(
+        None, "unit rates of block4 and each cascaded block, multiplying the block's rate (v3 §3.2); null = all 1"
+    )
+    cascade: int = _field(0, "extra copies of block4 cascaded as block5..block7, 0..3 (v3 §3.2, Table 2)")
+    hdc: dict[str, tuple[int, ...]] = field(
+        default_factory=dict,
+        metadata={"doc": "absolute per-unit rates per stage, cycled over its units (HDC, Wang et al. WACV 2018 §3.2)"},
+    )
+    first_unit: str = _field(
+        "full", "rate of the conv that gave up its stride: full|previous (torchvision)|half (MMSeg contract)"
+    )
+    weights: str | None = _field(None, "pretrained encoder weights: null, 'imagenet' (cached hub) or a file path")
+
+    def __post_init__(self) -> None:
+        _choice("backbone.name", self.name, LAYOUTS)
+        _require(
+            isinstance(self.width, float | int) and 0 < self.width <= 4,
+            "backbone.width",
+            self.width,
+            "allowed 0 < w ≤ 4",
+        )
+        layout = LAYOUTS[self.name]
+        if self.multi_grid is None:
+            object.__setattr__(self, "multi_grid", (1,) * layout.units[3])
+        object.__setattr__(self, "hdc", {k: tuple(v) for k, v in self.hdc.items()})
+        try:
+            dilation_plan(
+                layout,
+                output_stride=self.output_stride,
+                multi_grid=self.multi_grid,
+                cascade=self.cascade,
+                hdc=self.hdc,
+                first_unit=self.first_unit,
+            )
+        except ValueError as error:
+            raise ConfigError(f"backbone.{error}") from None
+        if self.hdc and any(m != 1 for m in self.multi_grid):
+            clash = [s for s in self.hdc if s == "layer4" or s.startswith("block")]
+            _require(
+                not clash,
+                "backbone.multi_grid",
+                self.multi_grid,
+                f"cannot be combined with hdc on {clash} (HDC gives those units absolute rates); set it to all 1",
+            )
+        if self.weights is not None:
+            _require(self.width == 1.0, "backbone.weights", self.weights, "pretrained weights need backbone.width=1.0")
+
+    @property
+    def layout(self):
+        return LAYOUTS[self.name]
+
+
+CONTEXT_KINDS = ("aspp", "largefov", "spp", "none")
+
+# Presets fix what makes ASPP-S, ASPP-L and the v3 module what they are (DeepLab v2 TPAMI Table 3; v3 §3.3).
+CONTEXT_PRESETS: dict[str, dict[str, Any]] = {
+    "v3": {"rates": (6, 12, 18), "reference_output_stride": 16, "merge": "concat", "image_pooling": True},
+    "aspp-s": {"rates": (2, 4, 8, 12), "reference_output_stride": 8, "merge": "sum", "image_pooling": False},
+    "aspp-l": {"rates": (6, 12, 18, 24), "reference_output_stride": 8, "merge": "sum", "image_pooling": False},
+}
+# What each kind means when nothing else is said. LargeFOV is DeepLab v1's fc6: one 3×3 conv at rate 12 on an
+# OS-8 map with 1,024 channels, followed by fc7/fc8 — a one-branch v2 ASPP (TPAMI §4.1, Table 1).
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "aspp": dict(CONTEXT_PRESETS["v3"]),
+    "largefov": {"rates": (12,), "reference_output_stride": 8, "merge": "sum", "image_pooling": False},
+    "spp": {"bins": (4, 2, 1)},
+    "none": {},
+}
+_KIND_KEYS = {
+    "aspp": {"rates", "reference_output_stride", "merge", "image_pooling", "channels"},
+    "largefov": {"rates", "reference_output_stride", "merge", "image_pooling", "channels"},
+    "spp": {"bins", "channels"},
+    "none": set(),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContextConfig:
+    kind: str = _field("aspp", "module after the backbone: aspp (v2/v3) | largefov (v1) | spp (SPP-net) | none")
+    preset: str | None = _field(None, "aspp rates preset: v3 (6,12,18)@OS16 | aspp-s (2,4,8,12)@OS8 | aspp-l (v2 T3)")
+    rates: tuple[int, ...] | None = _field(
+        None, "atrous rates of the 3×3 branches at reference_output_stride (v3 §3.3)"
+    )
+    reference_output_stride: int | None = _field(
+        None, "output stride the rates are stated at; they scale with the actual one (v3 §3.3, TF #6257)"
+    )
+    image_pooling: bool | None = _field(None, "global-average-pooling branch (image-level features, v3 §3.3)")
+    pooling_norm: str = _field(
+        "none", "norm in pooled branches: none (safe at batch 1, detectron2) | batch (TF, torchvision) | group"
+    )
+    topology: str = _field("parallel", "parallel branches (ASPP) or serial: each atrous conv feeds the next")
+    separable: bool = _field(False, "depthwise-separable 3×3 atrous branches (v3+ §3.2)")
+    merge: str | None = _field(None, "concat: v3 concat + 1×1 projection | sum: v2 sum of per-branch logits")
+    channels: int | None = _field(None, "branch width: 256 (v3) for concat/spp, 1024 (v2 fc6/fc7) for sum")
+    dropout: float = _field(0.1, "dropout after the projection / in v2 branches (TF keep 0.9; torchvision 0.5)")
+    bins: tuple[int, ...] | None = _field(None, "SPP pyramid levels n×n (SPP-net Fig. 3: 4×4, 2×2, 1×1 = 21 bins)")
+
+    def __post_init__(self) -> None:
+        _choice("context.kind", self.kind, CONTEXT_KINDS)
+        if self.preset is not None:
+            _choice("context.preset", self.preset, CONTEXT_PRESETS)
+            _require(self.kind == "aspp", "context.preset", self.preset, "presets apply to context.kind=aspp only")
+        defaults = dict(_KIND_DEFAULTS[self.kind])
+        defaults.update(CONTEXT_PRESETS.get(self.preset, {}))
+        for key, value in defaults.items():
+            given = getattr(self, key)
+            if given is None:
+                object.__setattr__(self, key, value)
+            elif self.preset is not None and key in CONTEXT_PRESETS[self.preset] and given != value:
+                raise ConfigError(
+                    f"context.{key}={_show(given)!r} contradicts context.preset={self.preset!r}, which sets "
+                    f"{key}={_show(value)!r}; drop one of the two"
+                )
+        if self.channels is None and self.kind != "none":
+            object.__setattr__(self, "channels", 1024 if self.merge == "sum" else 256)
+        for key in ("rates", "reference_output_stride", "merge", "image_pooling", "channels", "bins"):
+            if key not in _KIND_KEYS[self.kind]:
+                _require(getattr(self, key) is None, f"context.{key}", getattr(self, key), f"not used by {self.kind}")
+        if self.rates is not None:
+            _require(
+                len(self.rates) > 0 and all(r >= 1 for r in self.rates),
+                "context.rates",
+                self.rates,
+                "one or more integer rates ≥ 1",
+            )
+            _require(
+                self.reference_output_stride in (8, 16, 32, 64, 128, 256),
+                "context.reference_output_stride",
+                self.reference_output_stride,
+                "allowed [8, 16, 32, 64, 128, 256]",
+            )
+        if self.kind == "largefov":
+            _require(len(self.rates) == 1, "context.rates", self.rates, "LargeFOV has exactly one rate")
+        if self.merge is not None:
+            _choice("context.merge", self.merge, ("concat", "sum"))
+        _choice("context.pooling_norm", self.pooling_norm, ("none", "batch", "group"))
+        _choice("context.topology", self.topology, ("parallel", "serial"))
+        if self.topology == "serial":
+            _require(self.kind == "aspp", "context.topology", self.topology, "serial applies to context.kind=aspp")
+        if self.separable:
+            _require(self.kind in ("aspp", "largefov"), "context.separable", True, "needs atrous branches")
+        if self.channels is not None:
+            _require(self.channels >= 1, "context.channels", self.channels, "an integer ≥ 1")
+        _require(0 <= self.dropout < 1, "context.dropout", self.dropout, "allowed 0 ≤ p < 1")
+        if self.bins is not None:
+            _require(len(self.bins) > 0 and all(b >= 1 for b in self.bins), "context.bins", self.bins, "integers ≥ 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecoderConfig:
+    enabled: bool = _field(False, "DeepLabv3+ decoder: refine encoder features with low-level ones (v3+ §3.1)")
+    low_level_channels: int = _field(48, "1×1 projection width of the low-level features (v3+ Table 1: 48 best)")
+    convs: int = _field(2, "number of [3×3, channels] convs after the concatenation (v3+ Table 2: 2 best)")
+    channels: int = _field(256, "width of those 3×3 convs (v3+ Table 2: 256)")
+    low_level: str = _field("conv2", "low-level features: conv2 (stride 4) | conv2+conv3 (U-Net-like, v3+ Table 2)")
+    separable: bool = _field(False, "depthwise-separable 3×3 decoder convs (v3+ §3.2), independent of ASPP's")
+
+    def __post_init__(self) -> None:
+        _require(self.low_level_channels >= 1, "decoder.low_level_channels", self.low_level_channels, "an integer ≥ 1")
+        _require(self.convs >= 1, "decoder.convs", self.convs, "an integer ≥ 1")
+        _require(self.channels >= 1, "decoder.channels", self.channels, "an integer ≥ 1")
+        _choice("decoder.low_level", self.low_level, ("conv2", "conv2+conv3"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadConfig:
+    num_classes: int = _field(21, "classes predicted (PASCAL VOC: 21 with background)")
+    style: str = _field(
+        "deeplab", "deeplab: a 1×1 classifier (papers) | torchvision: 3×3 conv + BN + ReLU first (DeepLabHead)"
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.num_classes >= 1, "head.num_classes", self.num_classes, "an integer ≥ 1")
+        _choice("head.style", self.style, ("deeplab", "torchvision"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    output_stride: int | None = _field(None, "output stride at evaluation, rates rescaled (v3 Table 10); null = train")
+    scales: tuple[float, ...] = _field((1.0,), "inference scales, softmax averaged (v3 §4.3: 0.5 … 1.75)")
+    flip: bool = _field(False, "also average the left-right flipped prediction (v3 Table 4)")
+
+    def __post_init__(self) -> None:
+        _require(
+            len(self.scales) > 0 and all(s > 0 and math.isfinite(s) for s in self.scales),
+            "eval.scales",
+            self.scales,
+            "one or more positive scales",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        backbone, context = self.backbone, self.context
+        allowed = list(backbone.layout.valid_output_strides(backbone.cascade))
+        eval_os = self.eval_output_stride
+        _require(eval_os in allowed, "eval.output_stride", eval_os, f"allowed {allowed} for this backbone")
+        if eval_os != backbone.output_stride and backbone.hdc:
+            raise ConfigError(
+                f"eval.output_stride={eval_os}: differs from backbone.output_stride={backbone.output_stride}, "
+                "which HDC schedules cannot follow (their rates are absolute); use the training output stride"
+            )
+        if context.rates is not None:
+            for key, os_ in (("backbone.output_stride", backbone.output_stride), ("eval.output_stride", eval_os)):
+                try:
+                    scale_rates(context.rates, context.reference_output_stride, os_)
+                except ValueError as error:
+                    raise ConfigError(f"context.rates={list(context.rates)} with {key}={os_}: {error}") from None
+        if context.merge == "sum":
+            _require(
+                not self.decoder.enabled,
+                "decoder.enabled",
+                True,
+                "the decoder needs features, but context.merge=sum produces logits; use merge=concat",
+            )
+            _require(
+                self.head.style == "deeplab",
+                "head.style",
+                self.head.style,
+                "context.merge=sum produces logits itself; use style=deeplab",
+            )
+
+    @property
+    def eval_output_stride(self) -> int:
+        return self.eval.output_stride or self.backbone.output_stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
+        return _build(cls, data, "")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading: YAML file + dotted overrides → validated config.
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or start from defaults), apply ``key.path=value`` overrides, validate.
+
+    >>> load_config(overrides=["backbone.output_stride=8", "backbone.multi_grid=1,2,4"]).backbone.multi_grid
+    (1, 2, 4)
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise ConfigError(f"config file {str(path)!r}: cannot be read ({error.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"config file {str(path)!r}: not valid YAML{at}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {str(path)!r}: must hold a mapping of sections, got {type(loaded).__name__}"
+            )
+        data = loaded or {}
+    for override in overrides:
+        apply_override(data, override)
+    return ExperimentConfig.from_dict(data)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict. Values are YAML scalars; ``1,2,4`` is a list."""
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {override!r}: expected KEY=VALUE with a dotted key, e.g. backbone.output_stride=8")
+    raw = raw.strip()
+    text = f"[{raw}]" if "," in raw and not raw.startswith(("[", "{")) else raw
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {override!r}: the value is not a valid YAML scalar or list") from None
+    *parents, leaf = key.split(".")
+    node = data
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parents[: depth + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _show(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of fields, got {_show(data)!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"{prefix}{key}: unknown key; allowed {list(fields)}{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML value to the field's declared type, strictly (no bool for int, no 8.5 for int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(_coerce(v, args[0], key) for v in items)
+    if origin is dict:
+        _require(isinstance(value, Mapping), key, value, "expected a mapping")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if hint is bool:
+        _require(isinstance(value, bool), key, value, "expected true or false")
+        return value
+    if hint is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, value, "expected an integer")
+        return value
+    if hint is float:
+        _require(isinstance(value, int | float) and not isinstance(value, bool), key, value, "expected a number")
+        return float(value)
+    if hint is str:
+        _require(isinstance(value, str), key, value, "expected a string")
+        return value
+    raise TypeError(f"{key}: unsupported field type {hint!r}")  # a bug in this module, not user input
+
+
+def field_docs(cls: type = ExperimentConfig, prefix: str = "") -> dict[str, str]:
+    """``{"backbone.output_stride": "input size / final feature size, …", …}`` for every leaf field."""
+    docs = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            docs.update(field_docs(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            docs[f"{prefix}{f.name}"] = f.metadata.get("doc", "")
+    return docs
+
+
+__all__ = [
+    "FIRST_UNIT_CONVENTIONS",
+    "BackboneConfig",
+    "ConfigError",
+    "ContextConfig",
+    "DecoderConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "HeadConfig",
+    "apply_override",
+    "field_docs",
+    "load_config",
+]
