@@ -1,0 +1,93 @@
+"""The assembled network: backbone → context module → (decoder) → head → logits at the input's size."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablations.dilation import scale_rates
+
+
+class Head(nn.Module):
+    """A 1×1 classifier (the papers), optionally after torchvision's extra 3×3 conv + BN + ReLU (``DeepLabHead``)."""
+
+    def __init__(self, in_channels: int, num_classes: int, *, extra_conv: bool = False) -> None:
+        super().__init__()
+        self.refine = (
+            nn.Sequential(
+                nn.Conv2d(in_channels, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True)
+            )
+            if extra_conv
+            else None
+        )
+        self.classifier = nn.Conv2d(256 if extra_conv else in_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.refine is not None:
+            x = self.refine(x)
+        return self.classifier(x)
+
+
+class DeepLab(nn.Module):
+    """Any point of the design space. Built by :func:`ablations.model.build_model`; takes modules, not a config.
+
+    Args:
+        backbone: an encoder from :mod:`ablations.model.backbones`.
+        context: a module from :mod:`ablations.model.context`.
+        decoder: a :class:`~ablations.model.decoder.Decoder` or ``None``.
+        head: a :class:`Head`, or ``None`` when the context module already produces logits (v2 sum merge).
+        rates: the context module's rates as stated, and ``reference_output_stride``, the stride they are
+            stated at; :meth:`set_output_stride` rescales them with :func:`ablations.dilation.scale_rates`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        context: nn.Module,
+        decoder: nn.Module | None,
+        head: nn.Module | None,
+        *,
+        rates: Sequence[int] = (),
+        reference_output_stride: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.context = context
+        self.decoder = decoder
+        self.head = head
+        self.stated_rates = tuple(rates)
+        self.reference_output_stride = reference_output_stride
+
+    @property
+    def output_stride(self) -> int:
+        return self.backbone.output_stride
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-plan backbone strides and rates and rescale the context rates; the weights stay as they are."""
+        self.backbone.set_output_stride(output_stride)
+        if self.stated_rates:
+            self.context.set_rates(scale_rates(self.stated_rates, self.reference_output_stride, output_stride))
+
+    @contextlib.contextmanager
+    def at_output_stride(self, output_stride: int) -> Iterator[DeepLab]:
+        """``with model.at_output_stride(8): …`` evaluates at OS 8 and restores the training stride after."""
+        previous = self.output_stride
+        self.set_output_stride(output_stride)
+        try:
+            yield self
+        finally:
+            self.set_output_stride(previous)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) → (B, classes, H, W)
+        features = self.backbone(x)
+        y = self.context(features["out"])  # (B, C, H/os, W/os)
+        if self.decoder is not None:
+            y = self.decoder(y, features)  # (B, C, H/4, W/4)
+        if self.head is not None:
+            y = self.head(y)
+        # Upsample logits rather than downsample labels (v3 Table 8: +1.2 mIoU); exact size for odd inputs too.
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
