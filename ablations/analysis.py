@@ -1,0 +1,191 @@
+"""Receptive fields, gridding holes, the HDC rule, parameters and multiply-adds.
+
+The pure functions work on per-axis layer lists ``(kernel, stride, dilation)`` and rate sequences; their
+worked examples are in ``../shared/reference/papers.md`` §4 and §8 and pinned by the tests.
+
+* Receptive field: RF_0 = 1, RF_l = RF_{l−1} + (k_e − 1)·J_{l−1}, J_l = J_{l−1}·s_l, with the effective kernel
+  k_e = k + (k − 1)(r − 1) (DeepLab v2 §3.1).
+* Gridding: along one axis, a stack of dilated k×k convs reaches the offsets Σ t_i·r_i with
+  t_i ∈ {−k//2 … k//2}. A *hole* is an offset inside the stack's span that no path reaches (Wang et al. 2018,
+  "gridding"); (2, 4, 8) leaves every odd offset out, (1, 2, 5) none. Residual shortcuts only add t_i = 0 paths,
+  which the sum already holds, so the holes of a residual stage are those of its 3×3 convs.
+* HDC rule (Wang et al. §3.2): M_n = r_n, M_i = max(M_{i+1} − 2r_i, M_{i+1} − 2(M_{i+1} − r_i), r_i); a schedule
+  is gridding-free by the rule when M_2 ≤ K and the rates share no factor > 1.
+* Multiply-adds are counted by torch's ``FlopCounterMode`` (a FLOP counter over the dispatched ops; one MAC is two
+  FLOPs), on the meta device, so counting a ResNet-101 at 513×513 costs no compute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def effective_kernel(kernel: int, dilation: int) -> int:
+    return kernel + (kernel - 1) * (dilation - 1)
+
+
+def receptive_field_trace(layers: Iterable[tuple[int, int, int]]) -> list[int]:
+    """RF after each ``(kernel, stride, dilation)`` layer, in input pixels along one axis."""
+    rf, jump, trace = 1, 1, []
+    for kernel, stride, dilation in layers:
+        rf += (effective_kernel(kernel, dilation) - 1) * jump
+        jump *= stride
+        trace.append(rf)
+    return trace
+
+
+def receptive_field(layers: Iterable[tuple[int, int, int]]) -> int:
+    trace = receptive_field_trace(layers)
+    return trace[-1] if trace else 1
+
+
+def reachable_offsets(rates: Sequence[int], kernel: int = 3) -> set[int]:
+    """Offsets (in cells) that some path through stacked dilated ``kernel``-wide convs connects to the centre."""
+    offsets = {0}
+    half = kernel // 2
+    for rate in rates:
+        offsets = {o + t * rate for o in offsets for t in range(-half, half + 1)}
+    return offsets
+
+
+def gridding_holes(rates: Sequence[int], kernel: int = 3) -> list[int]:
+    """Offsets within the span of the stack that no path reaches: ``[]`` means no gridding."""
+    return _holes(reachable_offsets(rates, kernel))
+
+
+def _holes(offsets: set[int]) -> list[int]:
+    span = max(abs(o) for o in offsets)
+    return [o for o in range(-span, span + 1) if o not in offsets]
+
+
+@dataclass(frozen=True)
+class HdcCheck:
+    rates: tuple[int, ...]
+    m: tuple[int, ...]  # M_1 … M_n of Wang et al.
+    gcd: int
+    ok: bool  # M_2 ≤ kernel and gcd == 1
+
+    @property
+    def m2(self) -> int:
+        return self.m[1] if len(self.m) > 1 else self.m[0]
+
+
+def hdc_check(rates: Sequence[int], kernel: int = 3) -> HdcCheck:
+    """Wang et al.'s rule for one group of rates: (1, 2, 5) passes, (1, 2, 9) fails M_2, (2, 4, 8) both."""
+    rates = tuple(rates)
+    m = [rates[-1]]
+    for r in reversed(rates[:-1]):
+        following = m[0]
+        m.insert(0, max(following - 2 * r, following - 2 * (following - r), r))
+    gcd = math.gcd(*rates)
+    m2 = m[1] if len(m) > 1 else m[0]
+    return HdcCheck(rates, tuple(m), gcd, m2 <= kernel and gcd == 1)
+
+
+def rising_groups(rates: Sequence[int]) -> list[tuple[int, ...]]:
+    """Split a schedule into the rising runs ("sawtooth" groups) the HDC rule is stated for: 1,2,5,1,2,5 → two."""
+    groups: list[list[int]] = []
+    for rate in rates:
+        if groups and rate > groups[-1][-1]:
+            groups[-1].append(rate)
+        else:
+            groups.append([rate])
+    return [tuple(g) for g in groups]
+
+
+def hdc_rule(rates: Sequence[int], kernel: int = 3) -> dict:
+    """The HDC rule over a whole stage: each rising group checked on its own; ``ok`` when all pass."""
+    checks = [hdc_check(group, kernel) for group in rising_groups(rates)]
+    return {
+        "groups": [list(c.rates) for c in checks],
+        "m2": [c.m2 for c in checks],
+        "gcd": [c.gcd for c in checks],
+        "ok": all(c.ok for c in checks),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Whole networks
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int], *, batch: int = 1) -> int:
+    """Multiply-adds of one forward pass per image, counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    Runs on the model's device; for a model on the meta device nothing is computed, only counted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x = torch.zeros(batch, 3, *input_size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2 // batch
+
+
+def network_field_of_view(model: nn.Module) -> dict:
+    """Receptive field (input pixels, one axis) and gridding holes of a built :class:`~ablations.model.DeepLab`.
+
+    Paths are read from the modules as they are now (after any ``set_output_stride``): the stem, every 3×3 conv
+    of the residual stages in order, then the longest path through the context module, the decoder's and the
+    head's 3×3 convs. Bilinear resizes are not counted. ``global`` is true when some branch pools over the
+    whole map (image pooling, an SPP 1×1 level): a logit then depends on every input pixel.
+    """
+    backbone = model.backbone
+    rows = backbone.conv_table()
+    layers = list(backbone.stem_path()) + [(3, r["stride"], r["dilation"]) for r in rows]
+    backbone_rf = receptive_field(layers)
+    jump = math.prod(s for _, s, _ in layers)
+
+    # Gridding, per dilated stage (in that stage's cells) and on the output grid (every 3×3 conv that reads a
+    # map already at the output stride, then the context module's paths).
+    holes: dict[str, list[int]] = {}
+    by_stage: dict[str, list[int]] = {}
+    for r in rows:
+        by_stage.setdefault(r["block"], []).append(r["dilation"])
+    for stage, rates in by_stage.items():
+        if max(rates) > 1:
+            holes[stage] = gridding_holes(rates)
+    output_grid_rates, running = [], math.prod(s for _, s, _ in backbone.stem_path())
+    for r in rows:
+        if running == jump and r["stride"] == 1:
+            output_grid_rates.append(r["dilation"])
+        running *= r["stride"]
+    base = reachable_offsets(output_grid_rates)
+    context_paths = model.context.paths()
+    reach = set()
+    for path in context_paths:
+        reach |= {a + b for a in base for b in reachable_offsets(path)}
+    holes["output"] = _holes(reach)
+
+    context_rf = backbone_rf + max(receptive_field((3, 1, r) for r in path) - 1 for path in context_paths) * jump
+    logits_rf = context_rf
+    tail = []
+    if model.decoder is not None:
+        tail += model.decoder.paths()
+    if model.head is not None and model.head.refine is not None:
+        tail.append((jump if model.decoder is None else tail[-1][0], 1))
+    for stride, n_convs in tail:
+        logits_rf += 2 * stride * n_convs
+    return {
+        "receptive_field": {
+            "backbone": backbone_rf,
+            "context": context_rf,
+            "logits": logits_rf,
+            "global": bool(getattr(model.context, "is_global", False)),
+        },
+        "gridding_holes": holes,
+    }

@@ -1,0 +1,200 @@
+"""``ablations describe``: what a config builds, read off the built network (not off the config).
+
+The network is built on the meta device, so describing a ResNet-101 at output stride 8 on a 513×513 input
+allocates no weights and computes nothing; shapes, strides, rates and op counts are still the real ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+from ablations.analysis import count_macs, count_params, hdc_rule, network_field_of_view
+from ablations.config import ExperimentConfig
+from ablations.dilation import scale_rates
+from ablations.model import DeepLab, build_model
+
+
+def measure_output_stride(model: DeepLab) -> int:
+    """Input side / backbone feature side, from a forward pass on a probe that every stride divides."""
+    device = next(model.parameters()).device
+    side = 2 * model.backbone.layout.natural_output_stride(model.backbone.cascade)
+    features = model.backbone(torch.zeros(1, 3, side, side, device=device))["out"]
+    return side // features.shape[-1]
+
+
+def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513)) -> dict[str, Any]:
+    with torch.device("meta"):
+        model = build_model(config, load_weights=False)
+    model.eval()
+    with torch.no_grad():
+        measured = measure_output_stride(model)
+        feature_size = list(model.backbone(torch.zeros(1, 3, *input_size, device="meta"))["out"].shape[-2:])
+    context = model.context
+    c = config.context
+    summary: dict[str, Any] = {
+        "config": config.to_dict(),
+        "input_size": list(input_size),
+        "output_stride": measured,
+        "feature_size": feature_size,
+        "units": model.backbone.conv_table(),
+        "stages": [
+            {
+                "block": s.name,
+                "stride": s.stride,
+                "base_rate": s.base_rate,
+                "unit_rates": list(s.unit_rates),
+                "in_stride": s.in_stride,
+                "out_stride": s.out_stride,
+            }
+            for s in model.backbone.plan
+        ],
+        "context": {
+            "kind": c.kind,
+            "topology": c.topology,
+            "merge": c.merge,
+            "rates": list(context.rates),
+            "stated_rates": list(c.rates or ()),
+            "reference_output_stride": c.reference_output_stride,
+            "image_pooling": bool(c.image_pooling),
+            "separable": c.separable,
+            "branches": _branch_count(context),
+        },
+        "decoder": (
+            {"levels": list(model.decoder.levels), "low_level_channels": config.decoder.low_level_channels}
+            if model.decoder is not None
+            else None
+        ),
+        "params": count_params(model),
+        "params_by_part": {
+            part: count_params(getattr(model, part)) if getattr(model, part) is not None else 0
+            for part in ("backbone", "context", "decoder", "head")
+        },
+        "macs": count_macs(model, input_size),
+    }
+    summary.update(network_field_of_view(model))
+    summary["hdc_rule"] = {
+        stage: hdc_rule(rates)
+        for stage, rates in _stage_rates(summary["units"]).items()
+        if stage in summary["gridding_holes"]
+    }
+    eval_os = config.eval_output_stride
+    eval_summary: dict[str, Any] = {
+        "output_stride": eval_os,
+        "scales": list(config.eval.scales),
+        "flip": config.eval.flip,
+        "context_rates": list(scale_rates(c.rates, c.reference_output_stride, eval_os)) if c.rates else [],
+    }
+    if eval_os != config.backbone.output_stride:
+        with torch.no_grad(), model.at_output_stride(eval_os):
+            eval_summary["measured_output_stride"] = measure_output_stride(model)
+            eval_summary["units"] = model.backbone.conv_table()
+            eval_summary["macs"] = count_macs(model, input_size)
+            eval_summary.update(network_field_of_view(model))
+    summary["eval"] = eval_summary
+    return summary
+
+
+def _branch_count(context: torch.nn.Module) -> int:
+    """Inputs to the concatenation (concat merge, SPP) or summed heads (v2 merge); 0 without a context module."""
+    if hasattr(context, "branches"):
+        return len(context.branches) + (getattr(context, "image_pooling", None) is not None)
+    if hasattr(context, "fc6"):
+        return len(context.fc6) + (context.image_pooling is not None)
+    return 0
+
+
+def _stage_rates(units: list[dict]) -> dict[str, list[int]]:
+    rates: dict[str, list[int]] = {}
+    for row in units:
+        rates.setdefault(row["block"], []).append(row["dilation"])
+    return rates
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Human-readable form
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    cfg = s["config"]
+    b, c, d, h = cfg["backbone"], cfg["context"], cfg["decoder"], cfg["head"]
+    lines = [f"DeepLab design point, input {s['input_size'][0]}×{s['input_size'][1]}", ""]
+    lines.append(
+        f"backbone  {b['name']} ×{b['width']:g}, output stride {b['output_stride']} (measured {s['output_stride']}, "
+        f"features {s['feature_size'][0]}×{s['feature_size'][1]}), multi-grid {tuple(b['multi_grid'])}, "
+        f"cascade {b['cascade']}, first unit '{b['first_unit']}'"
+        + (f", HDC {', '.join(f'{k} {tuple(v)}' for k, v in b['hdc'].items())}" if b["hdc"] else "")
+    )
+    lines.append(f"  {'block':<8}{'stride':>7}  {'rates of the 3×3 convs':<40}gridding")
+    rates = _stage_rates(s["units"])
+    strides = {st["block"]: st["stride"] for st in s["stages"]}
+    for block, stage_rates in rates.items():
+        holes = s["gridding_holes"].get(block)
+        grid = "-" if holes is None else (f"{len(holes)} holes {_short(holes)}" if holes else "no holes")
+        if block in s["hdc_rule"]:
+            rule = s["hdc_rule"][block]
+            failing = [
+                g for g, m2, gcd in zip(rule["groups"], rule["m2"], rule["gcd"], strict=True) if m2 > 3 or gcd > 1
+            ]
+            grid += "; HDC rule ok" if rule["ok"] else f"; HDC rule fails on {_runs(failing[0])}"
+        lines.append(f"  {block:<8}{strides[block]:>7}  {_runs(stage_rates):<40}{grid}")
+    ctx = s["context"]
+    if c["kind"] == "none":
+        lines.append("context   none")
+    elif c["kind"] == "spp":
+        lines.append(
+            f"context   spp, bins {tuple(c['bins'])} (max-pooled), {c['channels']} channels, {ctx['branches']} branches"
+        )
+    else:
+        name = {"aspp": "ASPP", "largefov": "LargeFOV"}[c["kind"]] + (f" [{c['preset']}]" if c["preset"] else "")
+        lines.append(
+            f"context   {name}, {c['topology']}, merge {c['merge']}, rates {tuple(ctx['stated_rates'])} at OS "
+            f"{ctx['reference_output_stride']} → {tuple(ctx['rates'])} at OS {b['output_stride']}, image pooling "
+            f"{'on (norm ' + c['pooling_norm'] + ')' if c['image_pooling'] else 'off'}, "
+            f"{'separable' if c['separable'] else 'standard'} 3×3, {c['channels']} channels, {ctx['branches']} branches"
+        )
+    if s["decoder"]:
+        lines.append(
+            f"decoder   v3+, low-level {'+'.join(reversed(s['decoder']['levels']))} → {d['low_level_channels']} "
+            f"channels, {d['convs']} × [3×3, {d['channels']}]{' separable' if d['separable'] else ''}"
+        )
+    else:
+        lines.append("decoder   off")
+    extra = "3×3 conv + BN + ReLU, then " if h["style"] == "torchvision" else ""
+    lines.append(f"head      {extra}1×1 → {h['num_classes']} classes")
+    rf = s["receptive_field"]
+    lines.append(
+        f"receptive field  backbone {rf['backbone']} px, with context {rf['context']} px, logits {rf['logits']} px"
+        + (" (+ a global branch: every logit sees the whole image)" if rf["global"] else "")
+    )
+    out_holes = s["gridding_holes"]["output"]
+    lines.append(f"output-grid gridding  {f'{len(out_holes)} holes {_short(out_holes)}' if out_holes else 'no holes'}")
+    parts = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in s["params_by_part"].items() if v)
+    lines.append(f"params    {s['params']:,} ({parts})")
+    lines.append(f"MACs      {s['macs'] / 1e9:.2f} G per image at {s['input_size'][0]}×{s['input_size'][1]}")
+    e = s["eval"]
+    line = f"eval      output stride {e['output_stride']}"
+    if e["context_rates"]:
+        line += f", context rates {tuple(e['context_rates'])}"
+    if "macs" in e:
+        line += f", {e['macs'] / 1e9:.2f} G MACs"
+    line += f", scales {tuple(e['scales'])}, flip {'on' if e['flip'] else 'off'}"
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def _runs(rates: list[int]) -> str:
+    """``1 1 1 1 1 2`` → ``1×5 2``: long stages stay on one line."""
+    out: list[str] = []
+    for rate, group in itertools.groupby(rates):
+        n = len(list(group))
+        out.append(f"{rate}×{n}" if n > 3 else " ".join([str(rate)] * n))
+    return " ".join(out)
+
+
+def _short(holes: list[int]) -> str:
+    positive = [h for h in holes if h > 0]
+    shown = " ".join(f"±{h}" for h in positive[:6])
+    return f"({shown}{' …' if len(positive) > 6 else ''})"
