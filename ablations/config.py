@@ -395,6 +395,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         items = value if isinstance(value, list | tuple) else [value]
         return tuple(_coerce(v, args[0], key) for v in items)
     if origin is dict:
+        if value is None:  # `hdc: null` in YAML means no entries
+            return {}
         _require(isinstance(value, Mapping), key, value, "expected a mapping")
         return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if hint is bool:

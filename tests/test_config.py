@@ -184,6 +184,12 @@ def test_configs_are_frozen():
         config.backbone.output_stride = 8  # type: ignore[misc]
 
 
+def test_null_hdc_means_none():
+    assert load_config(overrides=["backbone.hdc=null"]).backbone.hdc == {}
+    with pytest.raises(ConfigError, match=r"backbone.hdc=\[1, 2, 5\]: expected a mapping"):
+        load_config(overrides=["backbone.hdc=1,2,5"])
+
+
 def test_apply_override_builds_nested_sections():
     data: dict = {}
     apply_override(data, "backbone.hdc.layer3=1,2,5")

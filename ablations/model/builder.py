@@ -30,29 +30,19 @@ def build_model(config: ExperimentConfig, *, load_weights: bool = True) -> DeepL
         context = PyramidPooling(features, c.channels, bins=c.bins, pooling_norm=c.pooling_norm, dropout=c.dropout)
     elif c.kind == "none":
         context = NoContext(features)
-    elif c.merge == "concat":
-        context = AtrousPyramid(
-            features,
-            c.channels,
-            rates=rates,
-            topology=c.topology,
-            separable=c.separable,
-            image_pooling=c.image_pooling,
-            pooling_norm=c.pooling_norm,
-            dropout=c.dropout,
-        )
-    else:  # v2 sum of per-branch logits: ASPP-S/L, LargeFOV
-        context = SummedAtrousHeads(
-            features,
-            h.num_classes,
-            rates=rates,
-            channels=c.channels,
-            topology=c.topology,
-            separable=c.separable,
-            image_pooling=c.image_pooling,
-            pooling_norm=c.pooling_norm,
-            dropout=c.dropout,
-        )
+    else:
+        atrous = {
+            "rates": rates,
+            "topology": c.topology,
+            "separable": c.separable,
+            "image_pooling": c.image_pooling,
+            "pooling_norm": c.pooling_norm,
+            "dropout": c.dropout,
+        }
+        if c.merge == "concat":
+            context = AtrousPyramid(features, c.channels, **atrous)
+        else:  # v2 sum of per-branch logits: ASPP-S/L, LargeFOV
+            context = SummedAtrousHeads(features, h.num_classes, channels=c.channels, **atrous)
     decoder = None
     if d.enabled:
         decoder = Decoder(
