@@ -1,0 +1,546 @@
+"""SyntheticShapes: the embedded benchmark — procedurally generated, no files, deterministic, fast.
+
+Why this design
+---------------
+The harness compares DeepLab design choices: output stride and multi-grid (how much resolution survives),
+atrous rates and image pooling (how much context a logit sees), and the v3+ decoder (how sharp boundaries are).
+A benchmark only separates those arms if getting a pixel right needs *both* resolution and context, so:
+
+* **The class is the object's global shape, never its texture.** Every object (and every clutter fragment
+  and the background) draws its texture id uniformly from one shared bank, independently of its class, and
+  its two colours from one class-independent rule. A pixel deep inside a large disk looks exactly like a
+  pixel deep inside a large square; only context as wide as the object says which one it is.
+* **Sizes span about 1/32 of the image to most of it**, log-uniformly, so small objects and thin parts
+  (1-2 px cross arms and ring walls at 128²) need resolution while large objects need a large receptive field.
+* **Clutter is labelled background**: textured backgrounds and distractor fragments drawn from the same
+  texture bank, so "textured vs flat" or "edge vs no edge" does not solve the task.
+* **Every pixel carries its object's size bucket** (``"size"``), so a metric can be split by object size the
+  way COCO splits AP (Lin et al., ECCV 2014, "Microsoft COCO", §evaluation: small < 32², medium < 96²).
+
+Classes (``CLASS_NAMES``; 7 shapes + background = 8 classes)
+------------------------------------------------------------
+Each object has a centre, a rotation θ ~ U[0, 2π) and a circumradius R (the radius of the smallest circle
+about the centre that contains it). Pixel centres (y + ½, x + ½) are rotated into the object's frame (u, v)
+and tested against the shape, inside the object's bounding box only:
+
+0. ``background`` — background textures and all clutter.
+1. ``disk`` — u² + v² ≤ R².
+2. ``square`` — max(|u|, |v|) ≤ R/√2 (corners on the circle).
+3. ``triangle`` — equilateral, circumradius R: v ≥ −R/2 and v/2 + (√3/2)|u| ≤ R/2.
+4. ``ring`` — annulus (ρR)² ≤ u² + v² ≤ R², inner ratio ρ ~ U[0.5, 0.8] (walls 0.2R-0.5R thick).
+5. ``cross`` — plus sign with arms of half-length R and half-width βR, β ~ U[0.12, 0.3]:
+   min(|u|, |v|) ≤ βR and max(|u|, |v|) ≤ R.
+6. ``star`` — five-pointed star polygon, outer radius R, inner radius ρR, ρ ~ U[0.38, 0.5]; tested in polar
+   coordinates folded into one of the ten mirror-symmetric sectors against the outer-inner vertex edge.
+7. ``bar`` — rectangle of aspect a ~ U[2.5, 5] with its corners on the circle: |u| ≤ R cos φ, |v| ≤ R sin φ,
+   φ = atan(1/a).
+
+Size and size buckets
+---------------------
+An object's size is its *equivalent side* D = √(area), sampled log-uniformly in
+[max(4 px, H/32), 0.65 H]; R then follows from the class's exact area formula (disk πR², square 2R², triangle
+(3√3/4)R², ring π(1 − ρ²)R², cross (8β − 4β²)R², star 5ρ sin(π/5)R², bar 2 sin 2φ R²), capped at R ≤ H/2 (the
+area is recomputed after the cap). Sampling the area rather than R gives every class the same size
+distribution, so per-bucket scores are not confounded with the class. Thin shapes (ring, cross, bar) are
+therefore wider than compact ones of the same area, as in real data. The bucket comes from the object's
+**full** analytic area A (not the visible part, which occlusion and the image border can shrink) as a
+fraction of the image area H²:
+
+* 1 ``small``:  A < (H/10)²   (1 % of the image; ≈ 13 × 13 px at 128²),
+* 2 ``medium``: A < (H/4)²    (6.25 %; 32 × 32 px at 128²),
+* 3 ``large``:  otherwise (up to ≈ 42 % of the image).
+
+COCO's absolute 32²/96² thresholds assume ~640 × 480 images; here they are scaled to the image side and
+chosen so that the log-uniform D puts about 38 % / 30 % / 32 % of objects in the three buckets. ``size`` is
+0 exactly where ``mask`` is 0, so background and clutter are bucket 0. No pixel is ever 255 (ignore):
+the labels are exact.
+
+Composition
+-----------
+1. Background: one bank texture, and with probability 0.6 a second one beyond a wavy boundary
+   (a sinusoid along a random direction), so texture boundaries exist that are not object boundaries.
+2. Clutter (labelled background, drawn on the background, under every object): ⌈M/2⌉..M fragments
+   (M = ``max_distractors``), each one of: an irregular *blob* (radius modulated by harmonics 2-5), a thin
+   *arc* (a partial ring of span 0.3π-0.9π, walls 0.08R-0.2R: it looks like an occluded ring but has no
+   occluder), a *stroke* (a 2-3 segment polyline 1 px to H/40 wide) or a *disk segment* (a disk cut by a chord,
+   ≤ 60 % of it). Clutter sizes are log-uniform in [max(4 px, H/32), 0.4 H].
+3. Objects: 1..N (N = ``max_objects``), class uniform over the 7 shapes, centre uniform in the image but kept
+   within H/4 of the border for objects larger than that. They are painted in order of decreasing
+   log-area + N(0, 1) noise: mostly large first, so small objects are usually visible, but large objects
+   sometimes occlude smaller ones. Later objects occlude earlier ones; the mask shows the visible class.
+4. Appearance: each layer (background region, fragment or object) has a texture id ~ U{0..K−1}, a random
+   offset into the texture and two colours c₀, c₁ ~ U[0, 1]³; the pixel is c₀ + (c₁ − c₀)·t, t ∈ [0, 1] the
+   texture value, so images are in [0, 1] without clipping. Fragment and object colours are re-drawn (up to
+   8 times, same rule for every class) until their mean colour is ≥ 0.2 (Euclidean) from every background
+   region's mean colour, so objects are not invisible by chance.
+
+Texture bank
+------------
+K = ``num_textures`` (default 24) periodic greyscale textures of the image's side, built once per dataset
+instance from ``seed`` alone (train and val share the bank, so val is in-distribution), stored as uint8 and
+tiled 2 × 2 so any crop at any offset is one gather. Families, cycled: near-flat shading, stripes (soft or
+square-wave), rotated checkerboards, dot lattices, smooth noise (Gaussian low-pass, 2-8 cycles per image),
+fine grain (16-40 cycles), and marble (stripes phase-warped by smooth noise). Frequencies are whole cycles
+per image so the tiles are seamless and textures scale with the image size.
+
+Rendering and speed
+-------------------
+Each layer only writes its id into a layer map, inside its bounding box; one vectorised pass at the end
+gathers texture values, colours (a per-layer 256-level colour lookup table), class and bucket from the layer
+map. About 1 ms per 128² image on one CPU core (``benchmarks/synthetic_speed.py``).
+
+Determinism
+-----------
+Item ``i`` is generated from ``np.random.default_rng([seed, split_id, i])`` (split ids: train 0, val 1,
+test 2) and the seed-only texture bank, so it is identical in any process, any access order and any number of
+DataLoader workers, and the splits differ. :meth:`SyntheticShapes.render` also returns an instance map and
+each object's parameters (:class:`ObjectSpec`) for per-object analysis.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ablations.data import IGNORE_INDEX, SIZE_BUCKETS
+
+CLASS_NAMES: tuple[str, ...] = ("background", "disk", "square", "triangle", "ring", "cross", "star", "bar")
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+DISTRACTOR_KINDS: tuple[str, ...] = ("blob", "arc", "stroke", "segment")
+
+# Size buckets on the equivalent side √area as a fraction of the image side (see the module docstring).
+SMALL_SIDE = 1 / 10
+MEDIUM_SIDE = 1 / 4
+# Range of the log-uniform equivalent side, as fractions of the image side (the minimum is also ≥ MIN_PIXELS).
+MIN_SIDE = 1 / 32
+MAX_SIDE = 0.65
+MAX_CLUTTER_SIDE = 0.4
+MIN_PIXELS = 4.0
+
+_SIN36 = math.sin(math.pi / 5)
+_COS36 = math.cos(math.pi / 5)
+_TWO_PI = 2 * math.pi
+
+
+def size_bucket(area: float, image_area: float) -> int:
+    """Size bucket (1 small, 2 medium, 3 large) of an object of full area ``area`` in an image of ``image_area``."""
+    fraction = area / image_area
+    if fraction < SMALL_SIDE**2:
+        return 1
+    if fraction < MEDIUM_SIDE**2:
+        return 2
+    return 3
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One painted object, in paint order (later ones occlude earlier ones)."""
+
+    label: int  # class index into CLASS_NAMES
+    texture: int  # texture id in the shared bank
+    center: tuple[float, float]  # (y, x) in pixels
+    radius: float  # circumradius R in pixels
+    angle: float  # rotation in radians
+    area: float  # full analytic area in pixels² (before occlusion and border cropping)
+    bucket: int  # 1 small, 2 medium, 3 large
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """Everything :meth:`SyntheticShapes.render` knows about one item."""
+
+    image: torch.Tensor  # float32 (3, H, W)
+    mask: torch.Tensor  # int64 (H, W)
+    size: torch.Tensor  # int64 (H, W)
+    instance: torch.Tensor  # int64 (H, W): 0 background/clutter, i + 1 for objects[i]
+    objects: tuple[ObjectSpec, ...]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Texture bank
+
+
+def _lowpass_noise(rng: np.random.Generator, size: int, cycles: float) -> np.ndarray:
+    """Periodic Gaussian-filtered white noise; ``cycles`` is the filter's σ in cycles per image."""
+    spectrum = np.fft.rfft2(rng.standard_normal((size, size)))
+    fy = np.fft.fftfreq(size, 1 / size)[:, None]
+    fx = np.fft.rfftfreq(size, 1 / size)[None, :]
+    spectrum *= np.exp(-(fy**2 + fx**2) / (2 * cycles**2))
+    return np.fft.irfft2(spectrum, s=(size, size))
+
+
+def _frequency(rng: np.random.Generator, low: float, high: float) -> tuple[int, int]:
+    """A whole-cycle frequency vector with norm in [low, high] at a random orientation (keeps the tile periodic)."""
+    norm = rng.uniform(low, high)
+    angle = rng.uniform(0, math.pi)
+    fy, fx = round(norm * math.sin(angle)), round(norm * math.cos(angle))
+    return (fy, fx) if (fy, fx) != (0, 0) else (0, max(1, round(norm)))
+
+
+def texture_bank(seed: int, size: int, count: int) -> np.ndarray:
+    """``count`` periodic greyscale textures, float32 (count, size, size) in [0, 1], deterministic from ``seed``."""
+    rng = np.random.default_rng([seed, 0x7E47])
+    grid = np.arange(size, dtype=np.float64) / size
+    y, x = grid[:, None], grid[None, :]
+    bank = np.empty((count, size, size), dtype=np.float32)
+    for k in range(count):
+        family = k % 7
+        if family == 0:  # near-flat: faint smooth shading, so some objects are (almost) single-coloured
+            tex = _lowpass_noise(rng, size, 2.0)
+        elif family == 1:  # stripes, from soft sine to square wave
+            fy, fx = _frequency(rng, 4, 16)
+            tex = np.tanh(rng.uniform(1, 8) * np.sin(_TWO_PI * (fy * y + fx * x)))
+        elif family == 2:  # checkerboard on a rotated whole-cycle lattice
+            fy, fx = _frequency(rng, 3, 10)
+            tex = np.sign(np.sin(_TWO_PI * (fy * y + fx * x)) * np.sin(_TWO_PI * (fx * y - fy * x)) + 1e-9)
+        elif family == 3:  # dot lattice
+            fy, fx = _frequency(rng, 4, 12)
+            waves = np.cos(_TWO_PI * (fy * y + fx * x)) + np.cos(_TWO_PI * (fx * y - fy * x))
+            tex = np.tanh(4 * (waves - rng.uniform(0.4, 1.4)))
+        elif family == 4:
+            tex = _lowpass_noise(rng, size, rng.uniform(2, 8))
+        elif family == 5:
+            tex = _lowpass_noise(rng, size, rng.uniform(16, 40))
+        else:  # marble: stripes whose phase is warped by smooth noise
+            fy, fx = _frequency(rng, 2, 8)
+            warp = _lowpass_noise(rng, size, 3.0)
+            warp /= np.abs(warp).max() + 1e-12
+            tex = np.sin(_TWO_PI * (fy * y + fx * x) + rng.uniform(2, 6) * warp)
+        tex = (tex - tex.min()) / (np.ptp(tex) + 1e-12)
+        if family == 0:
+            tex = 0.5 + 0.15 * (tex - 0.5)
+        bank[k] = tex
+    return bank
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The dataset
+
+
+def _check_int(name: str, value: object, minimum: int, allowed: str) -> int:
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name}={value!r}: must be an integer ({allowed})") from None
+    if isinstance(value, bool) or number < minimum:
+        raise ValueError(f"{name}={value!r}: allowed {allowed}")
+    return number
+
+
+class SyntheticShapes(Dataset):
+    """Shapes-on-clutter segmentation benchmark; items are ``{"image", "mask", "size"}`` (see module docstring)."""
+
+    CLASS_NAMES: tuple[str, ...] = CLASS_NAMES
+    ignore_index = IGNORE_INDEX
+    size_buckets: tuple[str, ...] = SIZE_BUCKETS
+
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        num_samples: int = 1000,
+        image_size: int = 128,
+        seed: int = 0,
+        max_objects: int = 8,
+        max_distractors: int = 6,
+        num_textures: int = 24,
+        background_contrast: float = 1.0,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}: allowed {sorted(SPLITS)}")
+        self.split = split
+        self.num_samples = _check_int("num_samples", num_samples, 1, "an integer ≥ 1")
+        self.image_size = _check_int("image_size", image_size, 16, "an integer ≥ 16 (pixels)")
+        self.seed = _check_int("seed", seed, 0, "an integer ≥ 0")
+        self.max_objects = _check_int("max_objects", max_objects, 1, "an integer ≥ 1")
+        self.max_distractors = _check_int("max_distractors", max_distractors, 0, "an integer ≥ 0")
+        self.num_textures = _check_int("num_textures", num_textures, 1, "an integer ≥ 1")
+        if not 0.0 <= background_contrast <= 1.0:
+            raise ValueError(f"background_contrast={background_contrast!r}: allowed 0 ≤ contrast ≤ 1")
+        self.background_contrast = float(background_contrast)
+        self.num_classes = len(CLASS_NAMES)
+        self.class_names = CLASS_NAMES
+        self._split_id = SPLITS[split]
+
+        side = self.image_size
+        # Tiling the periodic textures 2×2 lets a crop at any offset in [0, side) be read with flat indices
+        # base[layer] + pixel, with no wrap-around arithmetic per pixel.
+        bank = texture_bank(self.seed, side, self.num_textures)
+        self._bank = np.round(np.tile(bank, (1, 2, 2)) * 255).astype(np.uint8).ravel()
+        self._tex_stride = 4 * side * side
+        rows = np.arange(side, dtype=np.int32)
+        self._pixel_offset = rows[:, None] * (2 * side) + rows[None, :]
+        self._centers = np.arange(side, dtype=np.float32) + 0.5
+        self._levels = np.arange(256, dtype=np.float32) / 255
+        self._min_side = max(MIN_PIXELS, MIN_SIDE * side)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        return (
+            f"SyntheticShapes(split={self.split!r}, num_samples={self.num_samples}, image_size={self.image_size}, "
+            f"seed={self.seed}, max_objects={self.max_objects}, max_distractors={self.max_distractors}, "
+            f"num_textures={self.num_textures}, background_contrast={self.background_contrast})"
+        )
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        layers, looks, labels, buckets, _, _ = self._generate(self._check_index(index))
+        image = self._colour(layers, *looks)
+        return {
+            "image": torch.from_numpy(image),
+            "mask": torch.from_numpy(labels[layers]),
+            "size": torch.from_numpy(buckets[layers]),
+        }
+
+    def render(self, index: int) -> SyntheticSample:
+        """The item plus an instance map and every object's parameters, for per-object analysis and tests."""
+        layers, looks, labels, buckets, instances, objects = self._generate(self._check_index(index))
+        return SyntheticSample(
+            image=torch.from_numpy(self._colour(layers, *looks)),
+            mask=torch.from_numpy(labels[layers]),
+            size=torch.from_numpy(buckets[layers]),
+            instance=torch.from_numpy(instances[layers]),
+            objects=objects,
+        )
+
+    def _check_index(self, index: int) -> int:
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError(f"index={index!r}: must be an integer") from None
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"index={i}: allowed 0 ≤ index < num_samples={self.num_samples}")
+        return i
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Generation: every layer writes only its id into the layer map; _colour turns ids into pixels in one pass.
+
+    def _generate(self, index: int):
+        rng = np.random.default_rng([self.seed, self._split_id, index])
+        side = self.image_size
+        h = float(side)
+        layers = np.zeros((side, side), dtype=np.int32)
+
+        # 1. Background: region 0, and with probability 0.6 region 1 beyond a wavy boundary.
+        b = rng.random(5)
+        num_background = 1
+        if b[0] < 0.6:
+            theta = _TWO_PI * b[1]
+            c, s = math.cos(theta), math.sin(theta)
+            centred = self._centers - h / 2
+            along = centred[:, None] * s + centred[None, :] * c
+            across = centred[:, None] * c - centred[None, :] * s
+            wave = 0.08 * h * np.sin(across * (_TWO_PI * (1 + 3 * b[2]) / h) + _TWO_PI * b[3])
+            np.putmask(layers, along > (b[4] - 0.5) * 0.6 * h + wave, 1)
+            num_background = 2
+
+        # 2. Clutter, labelled background.
+        num_clutter = int(rng.integers((self.max_distractors + 1) // 2, self.max_distractors + 1))
+        kinds = rng.integers(len(DISTRACTOR_KINDS), size=num_clutter)
+        clutter_side = self._log_uniform(rng, num_clutter, MAX_CLUTTER_SIDE * h)
+        clutter_params = rng.random((num_clutter, 12))
+        for k in range(num_clutter):
+            self._draw_clutter(layers, num_background + k, int(kinds[k]), float(clutter_side[k]), clutter_params[k])
+
+        # 3. Objects, painted mostly large-first (log-area + N(0, 1) jitter).
+        num_objects = int(rng.integers(1, self.max_objects + 1))
+        classes = rng.integers(1, len(CLASS_NAMES), size=num_objects)
+        sides = self._log_uniform(rng, num_objects, MAX_SIDE * h)
+        params = rng.random((num_objects, 5))
+        order = np.argsort(-(2 * np.log(sides) + rng.standard_normal(num_objects)), kind="stable")
+
+        first_object = num_background + num_clutter
+        num_layers = first_object + num_objects
+        textures = rng.integers(self.num_textures, size=num_layers)
+        offsets = rng.integers(side, size=(num_layers, 2))
+        colours = self._colours(rng, num_layers, num_background)
+        # Background regions at reduced texture contrast (after every draw, so the random stream is unchanged):
+        # "high-contrast texture" then hints at object-or-clutter, while rejecting clutter and naming the class
+        # still take the shape. 1.0 makes background and objects indistinguishable locally.
+        colours[:num_background, 1] = colours[:num_background, 0] + self.background_contrast * (
+            colours[:num_background, 1] - colours[:num_background, 0]
+        )
+
+        labels = np.zeros(num_layers, dtype=np.int64)
+        buckets = np.zeros(num_layers, dtype=np.int64)
+        instances = np.zeros(num_layers, dtype=np.int64)
+        objects = []
+        for rank, o in enumerate(order.tolist()):
+            j = first_object + rank
+            label = int(classes[o])
+            spec = self._draw_object(layers, j, label, float(sides[o]), params[o], int(textures[j]))
+            labels[j], buckets[j], instances[j] = label, spec.bucket, rank + 1
+            objects.append(spec)
+
+        return layers, (textures, offsets, colours), labels, buckets, instances, tuple(objects)
+
+    def _log_uniform(self, rng: np.random.Generator, n: int, high: float) -> np.ndarray:
+        low = min(self._min_side, high)
+        return np.exp(rng.uniform(math.log(low), math.log(high), size=n))
+
+    @staticmethod
+    def _colours(rng: np.random.Generator, num_layers: int, num_background: int) -> np.ndarray:
+        """(num_layers, 2, 3) colour pairs; foreground pairs contrast with every background region (same rule for
+        every class, so colour carries no class information)."""
+        candidates = rng.random((num_layers, 8, 2, 3))
+        colours = candidates[:, 0].copy()
+        means = candidates.mean(axis=2)  # (layers, 8, 3)
+        background = means[:num_background, 0]  # (num_background, 3)
+        distance = np.linalg.norm(means[num_background:, :, None, :] - background[None, None], axis=-1)
+        ok = (distance >= 0.2).all(axis=-1)  # (fg layers, 8)
+        pick = np.where(ok.any(axis=1), ok.argmax(axis=1), 0)
+        colours[num_background:] = candidates[num_background:][np.arange(num_layers - num_background), pick]
+        return colours
+
+    def _colour(self, layers: np.ndarray, textures: np.ndarray, offsets: np.ndarray, colours: np.ndarray) -> np.ndarray:
+        """float32 (3, H, W) image from the layer map and each layer's texture id, texture offset and colours."""
+        side = self.image_size
+        base = textures.astype(np.int64) * self._tex_stride + offsets[:, 0] * (2 * side) + offsets[:, 1]
+        levels = self._bank[base.astype(np.int32)[layers] + self._pixel_offset]
+        # A 256-level colour table per layer turns colouring into one gather that lands in (3, H, W) directly.
+        c0, c1 = colours[:, 0], colours[:, 1]  # (layers, 3)
+        table = c0.T[:, :, None] + (c1 - c0).T[:, :, None] * self._levels  # (3, layers, 256)
+        table = table.astype(np.float32).reshape(3, -1)
+        key = layers * 256
+        key += levels
+        return np.take(table, key, axis=1)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Rasterisation, inside each shape's bounding box only.
+
+    def _frame(self, cy: float, cx: float, extent: float):
+        """Bounding box (clipped to the image) of the square of half-side ``extent`` about (cy, cx), with the
+        pixel-centre offsets from the centre as an (h, 1) column and a (1, w) row; None if it misses the image."""
+        side = self.image_size
+        y0, y1 = max(int(cy - extent), 0), min(int(cy + extent) + 2, side)
+        x0, x1 = max(int(cx - extent), 0), min(int(cx + extent) + 2, side)
+        if y0 >= y1 or x0 >= x1:
+            return None
+        return (y0, y1, x0, x1), self._centers[y0:y1, None] - cy, self._centers[None, x0:x1] - cx
+
+    @staticmethod
+    def _rotate(dy: np.ndarray, dx: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+        c, s = math.cos(angle), math.sin(angle)
+        return dx * c + dy * s, dy * c - dx * s
+
+    @staticmethod
+    def _paint(layers: np.ndarray, box: tuple[int, int, int, int], inside: np.ndarray, layer: int) -> None:
+        y0, y1, x0, x1 = box
+        np.putmask(layers[y0:y1, x0:x1], inside, layer)
+
+    def _draw_object(
+        self, layers: np.ndarray, layer: int, label: int, side: float, p: np.ndarray, texture: int
+    ) -> ObjectSpec:
+        h = float(self.image_size)
+        area = side * side
+        angle = _TWO_PI * float(p[0])
+        q = float(p[1])  # the shape parameter
+        # k: area / R² for this class and parameter (exact formulas, see the module docstring).
+        if label == 1:
+            k = math.pi
+        elif label == 2:
+            k = 2.0
+        elif label == 3:
+            k = 3 * math.sqrt(3) / 4
+        elif label == 4:
+            rho = 0.5 + 0.3 * q
+            k = math.pi * (1 - rho * rho)
+        elif label == 5:
+            beta = 0.12 + 0.18 * q
+            k = 8 * beta - 4 * beta * beta
+        elif label == 6:
+            rho = 0.38 + 0.12 * q
+            k = 5 * rho * _SIN36
+        else:
+            phi = math.atan(1 / (2.5 + 2.5 * q))
+            k = 2 * math.sin(2 * phi)
+        radius = min(math.sqrt(area / k), h / 2)
+        area = k * radius * radius
+        # Keep large objects' centres at least min(R, H/2)/2 from the border so a good part stays in view.
+        margin = min(radius, h / 2) / 2
+        cy = margin + (h - 2 * margin) * float(p[2])
+        cx = margin + (h - 2 * margin) * float(p[3])
+        spec = ObjectSpec(label, texture, (cy, cx), radius, angle, area, size_bucket(area, h * h))
+
+        frame = self._frame(cy, cx, radius)
+        if frame is None:
+            return spec
+        box, dy, dx = frame
+        if label == 1:
+            inside = dy * dy + dx * dx <= radius * radius
+        elif label == 4:
+            r2 = dy * dy + dx * dx
+            inside = (r2 <= radius * radius) & (r2 >= (rho * radius) ** 2)
+        elif label == 6:
+            inside = self._star(dy, dx, angle, radius, rho * radius)
+        else:
+            u, v = self._rotate(dy, dx, angle)
+            au, av = np.abs(u), np.abs(v)
+            if label == 2:
+                inside = np.maximum(au, av) <= radius / math.sqrt(2)
+            elif label == 3:
+                inside = (v >= -radius / 2) & (0.5 * v + (math.sqrt(3) / 2) * au <= radius / 2)
+            elif label == 5:
+                inside = (np.minimum(au, av) <= beta * radius) & (np.maximum(au, av) <= radius)
+            else:
+                inside = (au <= radius * math.cos(phi)) & (av <= radius * math.sin(phi))
+        self._paint(layers, box, inside, layer)
+        return spec
+
+    @staticmethod
+    def _star(dy: np.ndarray, dx: np.ndarray, angle: float, outer: float, inner: float) -> np.ndarray:
+        """Five-pointed star: fold the polar angle into [0, π/5] (0 = an outer vertex) and test against the edge
+        from the outer vertex (outer, 0) to the inner vertex at angle π/5, written as ρ cos(ψ − α) ≤ d."""
+        by, bx = inner * _SIN36, inner * _COS36
+        alpha = math.atan2(outer - bx, by)
+        d = outer * by / math.hypot(by, outer - bx)
+        psi = np.mod(np.arctan2(dy, dx) - angle, _TWO_PI / 5)
+        psi = np.minimum(psi, _TWO_PI / 5 - psi)
+        return np.hypot(dy, dx) * np.cos(psi - alpha) <= d
+
+    def _draw_clutter(self, layers: np.ndarray, layer: int, kind: int, side: float, p: np.ndarray) -> None:
+        h = float(self.image_size)
+        cy, cx, angle = h * float(p[0]), h * float(p[1]), _TWO_PI * float(p[2])
+        if kind == 2:  # stroke: a 2-3 segment polyline, each segment a thin rectangle with square caps
+            width = 1.0 + (max(1.0, h / 40) - 1.0) * float(p[3])
+            half_w = width / 2
+            for s in range(2 + (p[4] < 0.5)):
+                length = side * (0.6 + 0.8 * float(p[5 + s]))
+                ey, ex = cy + length * math.sin(angle), cx + length * math.cos(angle)
+                frame = self._frame((cy + ey) / 2, (cx + ex) / 2, length / 2 + width)
+                if frame is not None:
+                    box, dy, dx = frame
+                    u, v = self._rotate(dy, dx, angle)
+                    self._paint(layers, box, (np.abs(u) <= length / 2 + half_w) & (np.abs(v) <= half_w), layer)
+                cy, cx = ey, ex
+                angle += (0.3 + 0.5 * float(p[8 + s])) * math.pi * (1 if p[11] < 0.5 else -1)
+            return
+        radius = side / math.sqrt(math.pi)
+        frame = self._frame(cy, cx, 1.5 * radius)
+        if frame is None:
+            return
+        box, dy, dx = frame
+        if kind == 0:  # blob: radius modulated by harmonics 2-5 (amplitudes sum ≤ 0.45), never a clean shape
+            phi = np.arctan2(dy, dx)
+            boundary = 1.0
+            for harmonic in range(2, 6):
+                amplitude = 0.1125 * float(p[harmonic + 1])
+                boundary = boundary + amplitude * np.cos(harmonic * phi + _TWO_PI * float(p[harmonic + 5]))
+            inside = np.hypot(dy, dx) <= radius * boundary
+        elif kind == 1:  # arc: a partial thin ring, span 0.3π-0.9π
+            outer = 1.2 * radius
+            wall = max(1.0, outer * (0.08 + 0.12 * float(p[3])))
+            r2 = dy * dy + dx * dx
+            u, v = self._rotate(dy, dx, angle)
+            half_span = math.pi * (0.15 + 0.3 * float(p[4]))
+            inside = (r2 <= outer * outer) & (r2 >= (outer - wall) ** 2) & (np.abs(np.arctan2(v, u)) <= half_span)
+        else:  # disk segment: a disk cut by a chord at u ≤ cR, c ∈ [−0.5, 0.2] (≤ 60 % of the disk)
+            u, _ = self._rotate(dy, dx, angle)
+            inside = (dy * dy + dx * dx <= radius * radius) & (u <= radius * (-0.5 + 0.7 * float(p[3])))
+        self._paint(layers, box, inside, layer)
