@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ablations.data import DATASET_NAMES, NUM_CLASSES
 from ablations.dilation import FIRST_UNIT_CONVENTIONS, LAYOUTS, dilation_plan, scale_rates
 
 
@@ -168,7 +169,8 @@ class ContextConfig:
                 )
         if self.channels is None and self.kind != "none":
             object.__setattr__(self, "channels", 1024 if self.merge == "sum" else 256)
-        for key in ("rates", "reference_output_stride", "merge", "image_pooling", "channels", "bins"):
+        # channels may stay set under kind=none (unused there), so that a CPU profile can narrow every module.
+        for key in ("rates", "reference_output_stride", "merge", "image_pooling", "bins"):
             if key not in _KIND_KEYS[self.kind]:
                 _require(getattr(self, key) is None, f"context.{key}", getattr(self, key), f"not used by {self.kind}")
         if self.rates is not None:
@@ -219,13 +221,14 @@ class DecoderConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig:
-    num_classes: int = _field(21, "classes predicted (PASCAL VOC: 21 with background)")
+    num_classes: int | None = _field(None, "classes predicted; null = the dataset's (VOC 21, Cityscapes 19, ADE 150)")
     style: str = _field(
         "deeplab", "deeplab: a 1×1 classifier (papers) | torchvision: 3×3 conv + BN + ReLU first (DeepLabHead)"
     )
 
     def __post_init__(self) -> None:
-        _require(self.num_classes >= 1, "head.num_classes", self.num_classes, "an integer ≥ 1")
+        if self.num_classes is not None:
+            _require(self.num_classes >= 1, "head.num_classes", self.num_classes, "an integer ≥ 1")
         _choice("head.style", self.style, ("deeplab", "torchvision"))
 
 
@@ -245,15 +248,104 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    name: str = _field("synthetic", "dataset: synthetic (embedded, no files) | voc | cityscapes | ade20k | folder")
+    root: str | None = _field(None, "dataset folder on disk (required for every dataset but synthetic)")
+    train_split: str = _field("train", "training split; voc also 'trainaug' (SBD-augmented list, v3 §4.1)")
+    val_split: str = _field("val", "evaluation split")
+    image_size: int = _field(128, "synthetic: side of the generated images in pixels")
+    train_samples: int = _field(2000, "synthetic: number of training images")
+    val_samples: int = _field(200, "synthetic: number of validation images")
+    seed: int = _field(0, "synthetic: seed of the generated benchmark (the data, not the training run)")
+    max_objects: int = _field(8, "synthetic: at most this many shapes per image")
+    max_distractors: int = _field(6, "synthetic: at most this many background clutter fragments per image")
+    background_contrast: float = _field(1.0, "synthetic: texture contrast of the background (1 = as objects)")
+    crop_size: int = _field(513, "training crop side, padded with ignore where the image is smaller (v3 §4: 513)")
+    scale_min: float = _field(0.5, "random scale lower bound (v3 §4: 0.5)")
+    scale_max: float = _field(2.0, "random scale upper bound (v3 §4: 2.0)")
+    flip: bool = _field(True, "random left-right flip in training (v3 §4)")
+    batch_size: int = _field(16, "training images per step (v3 Table 9: 16)")
+    val_batch_size: int | None = _field(None, "evaluation batch; null = batch_size for synthetic, 1 for real images")
+    num_workers: int = _field(2, "data-loading worker processes")
+    check: str = _field("full", "dataset checks before training: full (decode every mask) | headers | none")
+
+    def __post_init__(self) -> None:
+        _choice("data.name", self.name, DATASET_NAMES)
+        for key in ("image_size", "train_samples", "val_samples", "crop_size", "batch_size"):
+            _require(getattr(self, key) >= 1, f"data.{key}", getattr(self, key), "an integer ≥ 1")
+        _require(self.image_size >= 16, "data.image_size", self.image_size, "at least 16 pixels")
+        _require(self.max_objects >= 1, "data.max_objects", self.max_objects, "an integer ≥ 1")
+        _require(self.max_distractors >= 0, "data.max_distractors", self.max_distractors, "an integer ≥ 0")
+        _require(0 <= self.background_contrast <= 1, "data.background_contrast", self.background_contrast, "0 ≤ c ≤ 1")
+        _require(0 < self.scale_min <= self.scale_max, "data.scale_min", self.scale_min, "0 < scale_min ≤ scale_max")
+        if self.val_batch_size is not None:
+            _require(self.val_batch_size >= 1, "data.val_batch_size", self.val_batch_size, "an integer ≥ 1")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer ≥ 0")
+        _choice("data.check", self.check, ("full", "headers", "none"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    seed: int = _field(0, "seed of initialisation, sampling and augmentation; same seed + config → same mIoU")
+    max_steps: int = _field(30000, "training iterations (v3 §4: 30K)")
+    lr: float = _field(0.007, "initial learning rate (v3 §4: 0.007)")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(1e-4, "L2 weight decay")
+    poly_power: float = _field(0.9, "poly schedule lr·(1 − step/max_steps)^power, stepped every iteration (v2 §4)")
+    warmup_steps: int = _field(0, "linear warm-up iterations before the poly schedule (detectron2 WarmupPolyLR)")
+    bn_momentum: float = _field(0.0003, "BatchNorm momentum, PyTorch convention (TF decay 0.9997 = 0.0003, v3 §4)")
+    hard_pixel_fraction: float = _field(1.0, "keep the hardest fraction of pixels in the loss; 1.0 = plain CE")
+    val_every: int | None = _field(None, "validate every N steps (must divide max_steps); null = once at the end")
+    checkpoints: int = _field(1, "best checkpoints kept, ranked by val/mIoU")
+    log_every: int = _field(10, "log loss and learning rate every N steps")
+    accelerator: str = _field("auto", "Lightning accelerator: auto | cpu | gpu")
+    devices: int = _field(1, "devices per trial (DDP through Lightning when > 1)")
+    precision: str = _field("32-true", "Lightning precision: 32-true | bf16-mixed | 16-mixed")
+
+    def __post_init__(self) -> None:
+        _require(self.max_steps >= 1, "train.max_steps", self.max_steps, "an integer ≥ 1")
+        _require(self.lr > 0, "train.lr", self.lr, "a positive number")
+        _require(0 <= self.momentum < 1, "train.momentum", self.momentum, "0 ≤ momentum < 1")
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "≥ 0")
+        _require(self.poly_power >= 0, "train.poly_power", self.poly_power, "≥ 0")
+        _require(0 <= self.warmup_steps < self.max_steps, "train.warmup_steps", self.warmup_steps, "0 ≤ w < max_steps")
+        _require(0 < self.bn_momentum <= 1, "train.bn_momentum", self.bn_momentum, "0 < m ≤ 1")
+        _require(0 < self.hard_pixel_fraction <= 1, "train.hard_pixel_fraction", self.hard_pixel_fraction, "0 < f ≤ 1")
+        if self.val_every is not None:
+            _require(
+                self.val_every >= 1 and self.max_steps % self.val_every == 0,
+                "train.val_every",
+                self.val_every,
+                f"a divisor of train.max_steps={self.max_steps}, so that the last step is evaluated",
+            )
+        _require(self.checkpoints >= 1, "train.checkpoints", self.checkpoints, "an integer ≥ 1")
+        _require(self.log_every >= 1, "train.log_every", self.log_every, "an integer ≥ 1")
+        _choice("train.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
+        _require(self.devices >= 1, "train.devices", self.devices, "an integer ≥ 1")
+        _choice("train.precision", self.precision, ("32-true", "bf16-mixed", "16-mixed", "bf16-true"))
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.head.num_classes is None:
+            _require(
+                self.data.name in NUM_CLASSES,
+                "head.num_classes",
+                None,
+                f"required with data.name={self.data.name!r} (the folder dataset's class count)",
+            )
+            object.__setattr__(self, "head", dataclasses.replace(self.head, num_classes=NUM_CLASSES[self.data.name]))
         backbone, context = self.backbone, self.context
+
         allowed = list(backbone.layout.valid_output_strides(backbone.cascade))
         eval_os = self.eval_output_stride
         _require(eval_os in allowed, "eval.output_stride", eval_os, f"allowed {allowed} for this backbone")
@@ -301,33 +393,56 @@ class ExperimentConfig:
 # Loading: YAML file + dotted overrides → validated config.
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (or start from defaults), apply ``key.path=value`` overrides, validate.
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Iterable[str] = (), *, profile: str | None = None
+) -> ExperimentConfig:
+    """Defaults ← profile (``quick``, ``paper``) ← YAML file ← ``key.path=value`` overrides, then validate.
 
     >>> load_config(overrides=["backbone.output_stride=8", "backbone.multi_grid=1,2,4"]).backbone.multi_grid
     (1, 2, 4)
     """
     data: dict[str, Any] = {}
+    if profile is not None:
+        if profile not in profile_names():
+            raise ConfigError(f"profile {profile!r}: allowed {profile_names()}")
+        data = _read_yaml(PROFILES_DIR / f"{profile}.yaml")
     if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as error:
-            raise ConfigError(f"config file {str(path)!r}: cannot be read ({error.strerror})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            where = getattr(error, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            raise ConfigError(f"config file {str(path)!r}: not valid YAML{at}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config file {str(path)!r}: must hold a mapping of sections, got {type(loaded).__name__}"
-            )
-        data = loaded or {}
+        _merge(data, _read_yaml(Path(path)))
     for override in overrides:
         apply_override(data, override)
     return ExperimentConfig.from_dict(data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r}: cannot be read ({error.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"config file {str(path)!r}: not valid YAML{at}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r}: must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
+    """Deep-merge ``top`` into ``base``: sections merge key by key, values replace."""
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -431,10 +546,12 @@ __all__ = [
     "BackboneConfig",
     "ConfigError",
     "ContextConfig",
+    "DataConfig",
     "DecoderConfig",
     "EvalConfig",
     "ExperimentConfig",
     "HeadConfig",
+    "TrainConfig",
     "apply_override",
     "field_docs",
     "load_config",

@@ -1,0 +1,122 @@
+"""The LightningDataModule: builds the configured dataset, checks it before training, applies the recipe."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ablations.config import ConfigError, ExperimentConfig
+from ablations.data import IGNORE_INDEX
+from ablations.data.transforms import pad_to, random_scale_crop_flip
+
+
+def build_dataset(config: ExperimentConfig, split: str) -> Dataset:
+    """The dataset ``config.data`` names, for ``split`` ("train" or "val" roles map to the configured splits)."""
+    d = config.data
+    if d.name == "synthetic":
+        from ablations.data.synthetic import SyntheticShapes
+
+        samples = d.train_samples if split == d.train_split else d.val_samples
+        return SyntheticShapes(
+            split=split,
+            num_samples=samples,
+            image_size=d.image_size,
+            seed=d.seed,
+            max_objects=d.max_objects,
+            max_distractors=d.max_distractors,
+            background_contrast=d.background_contrast,
+        )
+    from ablations.data.datasets import DATASETS, DatasetError
+
+    if d.root is None:
+        raise DatasetError(f"data.root is not set: data.name={d.name!r} reads a dataset from disk; give its folder")
+    if d.name == "folder":
+        return DATASETS["folder"](d.root, split, num_classes=config.head.num_classes, check=d.check)
+    return DATASETS[d.name](d.root, split, check=d.check)
+
+
+class Transformed(Dataset):
+    def __init__(self, dataset: Dataset, transform: Callable[[dict], dict]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.transform(self.dataset[index])
+
+
+def pad_collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Batch images of different sizes by padding to the largest (image mean, ignore label)."""
+    height = max(s["image"].shape[-2] for s in samples)
+    width = max(s["image"].shape[-1] for s in samples)
+    padded = [pad_to(s, (height, width), ignore_index=IGNORE_INDEX) for s in samples]
+    return {key: torch.stack([s[key] for s in padded]) for key in padded[0]}
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    def __init__(self, config: ExperimentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build and check both splits (idempotent); raises before any training step on a bad dataset."""
+        if self.train_set is not None:
+            return
+        d, classes = self.config.data, self.config.head.num_classes
+        train_set, val_set = build_dataset(self.config, d.train_split), build_dataset(self.config, d.val_split)
+        if train_set.num_classes != classes:
+            raise ConfigError(
+                f"head.num_classes={classes}: the {d.name} dataset has {train_set.num_classes} classes; "
+                "leave head.num_classes unset to take the dataset's"
+            )
+        if len(train_set) < d.batch_size:
+            raise ConfigError(
+                f"data.batch_size={d.batch_size}: larger than the {len(train_set)} images of split {d.train_split!r} "
+                "(incomplete batches are dropped, so no step could run)"
+            )
+        self.train_set, self.val_set = train_set, val_set
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.train_set.class_names)
+
+    @property
+    def has_size_buckets(self) -> bool:
+        return self.config.data.name == "synthetic"
+
+    def train_dataloader(self) -> DataLoader:
+        d = self.config.data
+        transform = functools.partial(
+            random_scale_crop_flip,
+            crop_size=d.crop_size,
+            scale_range=(d.scale_min, d.scale_max),
+            flip=d.flip,
+            ignore_index=IGNORE_INDEX,
+        )
+        # drop_last: a last batch of one image would break BatchNorm (torchvision #2151) and skew the step count.
+        return DataLoader(
+            Transformed(self.train_set, transform),
+            batch_size=d.batch_size,
+            shuffle=True,
+            drop_last=True,
+            **self._loader_options(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        d = self.config.data
+        batch = d.val_batch_size or (d.batch_size if d.name == "synthetic" else 1)
+        return DataLoader(
+            self.val_set, batch_size=batch, shuffle=False, collate_fn=pad_collate, **self._loader_options()
+        )
+
+    def _loader_options(self) -> dict[str, Any]:
+        workers = self.config.data.num_workers
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available()}

@@ -1,0 +1,106 @@
+"""The training *system*: loss, optimiser, schedule, evaluation protocol and metrics. No architecture here —
+the network comes from :func:`ablations.model.build_model`, and everything it is comes from the config."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablations.config import ExperimentConfig
+from ablations.data import IGNORE_INDEX
+from ablations.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ablations.inference import predict_probabilities
+from ablations.metrics import SegmentationMetrics
+from ablations.model import build_model
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, hard_pixel_fraction: float = 1.0) -> torch.Tensor:
+    """Cross-entropy over labelled pixels; with ``hard_pixel_fraction`` < 1 only the hardest pixels count
+    (TF DeepLab ``top_k_percent_pixels``, detectron2 ``DeepLabCE``)."""
+    losses = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+    losses = losses[target != IGNORE_INDEX]
+    if losses.numel() == 0:
+        return logits.sum() * 0.0  # keeps the graph; a crop of only ignore pixels teaches nothing
+    if hard_pixel_fraction < 1.0:
+        losses = losses.topk(max(1, int(losses.numel() * hard_pixel_fraction))).values
+    return losses.mean()
+
+
+def poly_schedule(step: int, *, max_steps: int, power: float, warmup_steps: int = 0) -> float:
+    """Learning-rate factor: linear warm-up, then (1 − step/max_steps)^power (DeepLab v2 §4.1, TPAMI Table 2)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return (1.0 - min(step, max_steps) / max_steps) ** power
+
+
+class SegmentationSystem(pl.LightningModule):
+    """Trains and evaluates one point of the design space.
+
+    Args:
+        config: the experiment config as a plain dict (so checkpoints restore it with ``load_from_checkpoint``).
+        class_names: the dataset's class names, for per-class IoU keys.
+        size_buckets: whether validation batches carry the synthetic benchmark's size map.
+    """
+
+    def __init__(self, config: dict[str, Any], class_names: tuple[str, ...], size_buckets: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = ExperimentConfig.from_dict(config)
+        self.model = build_model(self.config)
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = self.config.train.bn_momentum
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.val_metrics = SegmentationMetrics(
+            self.config.head.num_classes, class_names=tuple(class_names), size_buckets=size_buckets
+        )
+        self.best: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] → (B, C, H, W) logits
+        return self.model((images - self.mean) / self.std)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = segmentation_loss(logits, batch["mask"], hard_pixel_fraction=self.config.train.hard_pixel_fraction)
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        return loss
+
+    # Evaluation runs at eval.output_stride with rescaled rates (v3 Table 10) and eval.scales / eval.flip.
+    def on_validation_epoch_start(self) -> None:
+        self._train_output_stride = self.model.output_stride
+        self.model.set_output_stride(self.config.eval_output_stride)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
+        images = (batch["image"] - self.mean) / self.std
+        probabilities = predict_probabilities(
+            self.model, images, scales=self.config.eval.scales, flip=self.config.eval.flip
+        )
+        self.val_metrics.update(probabilities.argmax(1), batch["mask"], batch.get("size"))
+
+    def on_validation_epoch_end(self) -> None:
+        self.model.set_output_stride(self._train_output_stride)
+        results = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+        self.val_metrics.reset()
+        self.log_dict({k: v for k, v in results.items() if not math.isnan(v)})  # NaN: class absent from both
+        results["step"] = self.global_step
+        self.history.append(results)
+        if not self.best or results["val/mIoU"] > self.best["val/mIoU"]:
+            self.best = results
+
+    def configure_optimizers(self):
+        t = self.config.train
+        optimizer = torch.optim.SGD(self.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: poly_schedule(step, max_steps=t.max_steps, power=t.poly_power, warmup_steps=t.warmup_steps),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,205 @@
+"""One training run: config → checked data → Lightning Trainer → ``out_dir`` with the resolved config, the best
+checkpoint(s) and ``metrics.json``; every run is also a Weights & Biases run (offline without credentials)."""
+
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+
+from ablations.config import ExperimentConfig
+from ablations.data.module import SegmentationDataModule
+from ablations.system import SegmentationSystem
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set; otherwise online with credentials (``WANDB_API_KEY`` or a netrc entry), else offline."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def make_logger(
+    config: ExperimentConfig, out_dir: Path, *, name: str | None, group: str | None, extra: dict[str, Any] | None
+) -> WandbLogger:
+    mode = wandb_mode()
+    save_dir = Path(os.environ.get("WANDB_DIR") or out_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        project=os.environ.get("WANDB_PROJECT", "ablations"),
+        name=name,
+        group=group,
+        save_dir=str(save_dir),
+        offline=mode == "offline",
+        mode=mode,
+        config={"config": config.to_dict(), **(extra or {})},
+    )
+
+
+class Throughput(pl.Callback):
+    """Training images/s from the optimisation steps alone: forward, backward and update, timed between device
+    synchronisations, data loading excluded, the first ``warmup`` steps excluded. On a GPU, model FLOP
+    utilisation against the device's peak (Lightning's ``measure_flops`` and ``get_available_flops``)."""
+
+    def __init__(self, warmup: int = 3) -> None:
+        self.warmup = warmup
+        self.step_times: list[float] = []
+        self.images = 0
+        self.flops_per_step: int | None = None
+        self.available_flops: float | None = None
+
+    def _sync(self, module: pl.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if module.device.type == "cuda":
+            from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
+
+            d = module.config.data
+            with torch.device("meta"):
+                meta = SegmentationSystem(module.hparams.config, module.hparams.class_names)
+                x = torch.zeros(d.batch_size, 3, d.crop_size, d.crop_size)
+            self.flops_per_step = measure_flops(meta, lambda: meta(x), lambda y: y.sum())
+            self.available_flops = get_available_flops(
+                module.device, torch.bfloat16 if "bf16" in trainer.precision else torch.float32
+            )
+
+    def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
+        self._sync(module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
+        self._sync(module)
+        elapsed = time.perf_counter() - self._start
+        if trainer.global_step > self.warmup:
+            self.step_times.append(elapsed)
+            self.images += batch["image"].shape[0]
+            if len(self.step_times) % trainer.log_every_n_steps == 0:
+                module.log_dict(self.summary(), on_step=True, on_epoch=False)
+
+    def summary(self) -> dict[str, float]:
+        if not self.step_times:
+            return {}
+        total = sum(self.step_times)
+        result = {"train/images_per_s": self.images / total, "train/step_time_s": statistics.median(self.step_times)}
+        if self.flops_per_step and self.available_flops:
+            result["train/mfu"] = self.flops_per_step / result["train/step_time_s"] / self.available_flops
+        return result
+
+
+def device_name(module: pl.LightningModule) -> str:
+    if module.device.type == "cuda":
+        return torch.cuda.get_device_name(module.device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def peak_memory_mb(module: pl.LightningModule) -> float:
+    if module.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(module.device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak resident set of this process (KiB)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def train(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    group: str | None = None,
+    wandb_extra: dict[str, Any] | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Train ``config``; return (and write to ``out_dir/metrics.json``) the metrics of the best validation."""
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    data = SegmentationDataModule(config)
+    data.setup("fit")  # checks the dataset now, before a logger, a Trainer or a step exists
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(config.to_yaml())
+    system = SegmentationSystem(config.to_dict(), data.class_names, size_buckets=data.has_size_buckets)
+    t = config.train
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="step{step}-mIoU{val/mIoU:.4f}",
+        auto_insert_metric_name=False,
+        monitor="val/mIoU",
+        mode="max",
+        save_top_k=t.checkpoints,
+    )
+    throughput = Throughput()
+    logger = make_logger(config, out_dir, name=name, group=group, extra=wandb_extra)
+    trainer = pl.Trainer(
+        max_steps=t.max_steps,
+        val_check_interval=t.val_every or t.max_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        logger=logger,
+        callbacks=[checkpoint, throughput, *callbacks],
+        log_every_n_steps=t.log_every,
+        deterministic="warn",
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+    )
+    trainer.fit(system, datamodule=data)
+    metrics = {
+        **system.best,
+        "best_step": system.best.get("step"),
+        **throughput.summary(),
+        "peak_memory_mb": peak_memory_mb(system),
+        "params": sum(p.numel() for p in system.model.parameters()),
+        "device": device_name(system),
+        "seed": t.seed,
+        "best_checkpoint": checkpoint.best_model_path,
+        "wall_time_s": time.perf_counter() - started,
+        "wandb_run_dir": getattr(logger.experiment, "dir", None),
+        "history": system.history,
+    }
+    metrics.pop("step", None)
+    logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+    logger.finalize("success")
+    if hasattr(logger.experiment, "finish"):
+        logger.experiment.finish()
+    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    return metrics

@@ -1,0 +1,195 @@
+"""End to end: a real Lightning Trainer on the embedded benchmark and on tiny fixtures of each real format,
+writing the resolved config, a checkpoint, metrics.json and an offline W&B run; bad data stops before training."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ablations import load_config
+from ablations.cli import main
+from ablations.config import ConfigError
+from ablations.data.datasets import DatasetError
+from ablations.train import train
+from tests.fixtures import write_ade20k, write_cityscapes, write_folder, write_voc
+
+TINY_RUN = [
+    "backbone.width=0.125",
+    "context.channels=16",
+    "decoder.channels=16",
+    "data.image_size=48",
+    "data.crop_size=48",
+    "data.train_samples=16",
+    "data.val_samples=8",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "train.max_steps=4",
+    "train.val_every=2",
+    "train.log_every=1",
+    "train.lr=0.01",
+    "train.bn_momentum=0.1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def run(tmp_path: Path, *overrides: str, name: str = "run") -> dict:
+    return train(load_config(overrides=[*TINY_RUN, *overrides]), tmp_path / name, progress_bar=False)
+
+
+def test_training_on_the_embedded_benchmark_writes_everything(tmp_path):
+    metrics = run(tmp_path, "decoder.enabled=true")
+    out = tmp_path / "run"
+    assert load_config(out / "config.yaml") == load_config(overrides=[*TINY_RUN, "decoder.enabled=true"])
+    written = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= written["val/mIoU"] <= 1.0
+    assert written["val/mIoU"] == pytest.approx(metrics["val/mIoU"])
+    assert {"val/mIoU_small", "val/mIoU_medium", "val/mIoU_large", "val/boundary_mIoU", "val/pixel_acc"} <= set(written)
+    assert len([k for k in written if k.startswith("val/IoU/")]) == load_config().head.num_classes
+    assert written["train/images_per_s"] > 0
+    assert written["seed"] == 0 and written["device"].startswith("cpu")
+    assert written["best_step"] in (2, 4) and [h["step"] for h in written["history"]] == [2, 4]
+    assert Path(written["best_checkpoint"]).is_file()
+    runs = list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_same_seed_same_miou_and_a_checkpoint_that_restores(tmp_path):
+    first = run(tmp_path, name="a")
+    second = run(tmp_path, name="b")
+    assert [h["val/mIoU"] for h in first["history"]] == [h["val/mIoU"] for h in second["history"]]
+    from ablations.system import SegmentationSystem
+
+    restored = SegmentationSystem.load_from_checkpoint(first["best_checkpoint"], map_location="cpu")
+    assert restored.config == load_config(overrides=TINY_RUN)
+
+
+def test_evaluation_at_another_output_stride_with_multi_scale_and_flip(tmp_path):
+    metrics = run(tmp_path, "eval.output_stride=8", "eval.scales=0.75,1.0", "eval.flip=true", "train.max_steps=2")
+    assert 0.0 <= metrics["val/mIoU"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "writer", "classes"),
+    [
+        ("voc", write_voc, 21),
+        ("cityscapes", write_cityscapes, 19),
+        ("ade20k", write_ade20k, 150),
+        ("folder", write_folder, 5),
+    ],
+)
+def test_a_step_on_each_real_format(tmp_path, name, writer, classes):
+    root = writer(tmp_path / name)
+    extra = ["head.num_classes=5"] if name == "folder" else []
+    metrics = run(
+        tmp_path,
+        f"data.name={name}",
+        f"data.root={root}",
+        "data.batch_size=2",
+        "data.crop_size=32",
+        "train.max_steps=2",
+        "train.val_every=2",
+        *extra,
+        name=f"run-{name}",
+    )
+    assert len([k for k in metrics if k.startswith("val/IoU/")]) == classes
+    assert "val/mIoU_small" not in metrics  # size buckets are the embedded benchmark's
+
+
+def test_voc_trainaug_when_present(tmp_path):
+    root = write_voc(tmp_path / "voc", trainaug=True)
+    metrics = run(
+        tmp_path,
+        "data.name=voc",
+        f"data.root={root}",
+        "data.train_split=trainaug",
+        "data.batch_size=2",
+        "data.crop_size=32",
+        "train.max_steps=2",
+        "train.val_every=2",
+    )
+    assert 0.0 <= metrics["val/mIoU"] <= 1.0
+
+
+def _no_run_started(tmp_path: Path, name: str = "run") -> None:
+    assert not (tmp_path / name / "metrics.json").exists()
+    assert not (tmp_path / "wandb-dir").exists()
+
+
+def test_missing_root_stops_before_training(tmp_path):
+    with pytest.raises(DatasetError, match=r"data\.root"):
+        run(tmp_path, "data.name=voc")
+    with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "nowhere"))):
+        run(tmp_path, "data.name=voc", f"data.root={tmp_path / 'nowhere'}")
+    _no_run_started(tmp_path)
+
+
+def test_mask_value_out_of_range_stops_before_training(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = write_folder(tmp_path / "folder", num_classes=5)
+    bad = sorted((root / "masks" / "train").glob("*.png"))[0]
+    mask = np.array(Image.open(bad))
+    mask[0, 0] = 7
+    Image.fromarray(mask).save(bad)
+    with pytest.raises(DatasetError, match=re.escape(bad.name)):
+        run(tmp_path, "data.name=folder", f"data.root={root}", "head.num_classes=5", "data.batch_size=2")
+    _no_run_started(tmp_path)
+
+
+def test_batch_larger_than_the_split_and_wrong_class_count_stop_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.batch_size=32: larger than the 16 images"):
+        run(tmp_path, "data.batch_size=32")
+    with pytest.raises(ConfigError, match=r"head\.num_classes=21: the synthetic dataset has"):
+        run(tmp_path, "head.num_classes=21")
+    _no_run_started(tmp_path)
+
+
+def test_cli_train_reports_bad_data_in_one_line(tmp_path, capsys):
+    code = main(
+        ["train", "--set", "data.name=cityscapes", "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "o")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablations: error: ") and err.count("\n") == 1
+
+
+def test_cli_train_quick_profile_runs(tmp_path, capsys):
+    overrides = [a for o in TINY_RUN for a in ("--set", o)]
+    assert main(["train", "--profile", "quick", *overrides, "--out", str(tmp_path / "q")]) == 0
+    assert "val/mIoU" in capsys.readouterr().out
+    assert json.loads((tmp_path / "q" / "metrics.json").read_text())["val/mIoU"] >= 0
+
+
+def test_profiles_load():
+    quick, paper = load_config(profile="quick"), load_config(profile="paper")
+    assert (quick.data.name, quick.backbone.width) == ("synthetic", 0.25)
+    assert (paper.data.crop_size, paper.data.batch_size, paper.train.max_steps) == (513, 16, 30000)
+    assert paper.backbone.output_stride == 16 and paper.train.bn_momentum == 0.0003
+    with pytest.raises(ConfigError, match="profile 'fast': allowed"):
+        load_config(profile="fast")
+
+
+def test_bn_momentum_reaches_every_batchnorm():
+    from ablations.system import SegmentationSystem
+
+    system = SegmentationSystem(load_config(overrides=[*TINY_RUN, "train.bn_momentum=0.05"]).to_dict(), ("x",) * 8)
+    momenta = {m.momentum for m in system.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.05}
+
+
+def test_the_config_knows_the_synthetic_class_count():
+    from ablations.data import NUM_CLASSES
+    from ablations.data.synthetic import SyntheticShapes
+
+    assert NUM_CLASSES["synthetic"] == SyntheticShapes(num_samples=1).num_classes == load_config().head.num_classes
