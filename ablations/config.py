@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ablations.data import DATASET_NAMES, NUM_CLASSES
+from ablations.data import DATASET_NAMES, NUM_CLASSES, SYNTHETIC_SHAPES
 from ablations.dilation import FIRST_UNIT_CONVENTIONS, LAYOUTS, dilation_plan, scale_rates
 
 
@@ -260,6 +260,7 @@ class DataConfig:
     max_objects: int = _field(8, "synthetic: at most this many shapes per image")
     max_distractors: int = _field(6, "synthetic: at most this many background clutter fragments per image")
     background_contrast: float = _field(1.0, "synthetic: texture contrast of the background (1 = as objects)")
+    shapes: tuple[str, ...] | None = _field(None, "synthetic: shape classes in use, e.g. disk,cross,bar; null = all 7")
     crop_size: int = _field(513, "training crop side, padded with ignore where the image is smaller (v3 §4: 513)")
     scale_min: float = _field(0.5, "random scale lower bound (v3 §4: 0.5)")
     scale_max: float = _field(2.0, "random scale upper bound (v3 §4: 2.0)")
@@ -282,6 +283,15 @@ class DataConfig:
             _require(self.val_batch_size >= 1, "data.val_batch_size", self.val_batch_size, "an integer ≥ 1")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer ≥ 0")
         _choice("data.check", self.check, ("full", "headers", "none"))
+        if self.shapes is not None:
+            _require(
+                len(self.shapes) > 0
+                and len(set(self.shapes)) == len(self.shapes)
+                and set(self.shapes) <= set(SYNTHETIC_SHAPES),
+                "data.shapes",
+                self.shapes,
+                f"distinct names from {list(SYNTHETIC_SHAPES)}",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,7 +353,10 @@ class ExperimentConfig:
                 None,
                 f"required with data.name={self.data.name!r} (the folder dataset's class count)",
             )
-            object.__setattr__(self, "head", dataclasses.replace(self.head, num_classes=NUM_CLASSES[self.data.name]))
+            classes = NUM_CLASSES[self.data.name]
+            if self.data.name == "synthetic" and self.data.shapes is not None:
+                classes = 1 + len(self.data.shapes)
+            object.__setattr__(self, "head", dataclasses.replace(self.head, num_classes=classes))
         backbone, context = self.backbone, self.context
 
         allowed = list(backbone.layout.valid_output_strides(backbone.cascade))

@@ -75,6 +75,13 @@ def test_largefov_is_one_rate_12_branch_at_output_stride_8():
     assert (context.rates, context.reference_output_stride, context.merge, context.channels) == ((12,), 8, "sum", 1024)
 
 
+def test_class_count_follows_the_dataset():
+    assert load_config().head.num_classes == 8
+    assert load_config(overrides=["data.shapes=disk,cross,bar"]).head.num_classes == 4
+    assert load_config(overrides=["data.name=cityscapes"]).head.num_classes == 19
+    assert load_config(overrides=["data.name=folder", "head.num_classes=3"]).head.num_classes == 3
+
+
 def test_every_field_has_a_doc_line():
     docs = field_docs()
     assert len(docs) > 30
@@ -143,6 +150,12 @@ BAD = [
         "backbone.cascade=1: this backbone has no cascaded blocks",
         None,
     ),
+    (["data.shapes=disk,hexagon"], "data.shapes=['disk', 'hexagon']: distinct names from ['disk'", None),
+    (["data.name=imagenet"], "data.name='imagenet': allowed ['synthetic', 'voc'", None),
+    (["data.background_contrast=2"], "data.background_contrast=2.0", None),
+    (["data.name=folder"], "head.num_classes=None: required with data.name='folder'", None),
+    (["train.val_every=7"], "train.val_every=7: a divisor of train.max_steps=30000", None),
+    (["train.precision=fp8"], "train.precision='fp8'", None),
     (["backbone"], "override 'backbone': expected KEY=VALUE", None),
     (["backbone=8"], "backbone: expected a mapping of fields, got 8", None),
     (["backbone.output_stride.x=8"], "backbone.output_stride={'x': 8}: expected an integer", None),

@@ -14,6 +14,9 @@ and which expose ``num_classes: int``, ``class_names: tuple[str, ...]`` and ``ig
 IGNORE_INDEX = 255
 SIZE_BUCKETS = ("background", "small", "medium", "large")
 
+# The embedded benchmark's shape classes (mask labels 1..7; 0 is background); see ablations.data.synthetic.
+SYNTHETIC_SHAPES = ("disk", "square", "triangle", "ring", "cross", "star", "bar")
+
 # Classes per dataset, known without touching the disk (the folder dataset's count comes from head.num_classes).
 # A test pins the synthetic entry to the generator's class list.
 NUM_CLASSES = {"synthetic": 8, "voc": 21, "cityscapes": 19, "ade20k": 150}

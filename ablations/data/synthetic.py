@@ -107,9 +107,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ablations.data import IGNORE_INDEX, SIZE_BUCKETS
+from ablations.data import IGNORE_INDEX, SIZE_BUCKETS, SYNTHETIC_SHAPES
 
-CLASS_NAMES: tuple[str, ...] = ("background", "disk", "square", "triangle", "ring", "cross", "star", "bar")
+CLASS_NAMES: tuple[str, ...] = ("background", *SYNTHETIC_SHAPES)
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 DISTRACTOR_KINDS: tuple[str, ...] = ("blob", "arc", "stroke", "segment")
 
@@ -250,6 +250,7 @@ class SyntheticShapes(Dataset):
         max_distractors: int = 6,
         num_textures: int = 24,
         background_contrast: float = 1.0,
+        shapes: tuple[str, ...] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: allowed {sorted(SPLITS)}")
@@ -263,8 +264,15 @@ class SyntheticShapes(Dataset):
         if not 0.0 <= background_contrast <= 1.0:
             raise ValueError(f"background_contrast={background_contrast!r}: allowed 0 ≤ contrast ≤ 1")
         self.background_contrast = float(background_contrast)
-        self.num_classes = len(CLASS_NAMES)
-        self.class_names = CLASS_NAMES
+        # A subset of the shapes makes an easier instrument (fewer, more distinct classes) for CPU-minute runs;
+        # mask labels are 1..k in the order given. All seven (the default) keeps the random stream unchanged.
+        shapes = tuple(shapes) if shapes is not None else CLASS_NAMES[1:]
+        unknown = [name for name in shapes if name not in CLASS_NAMES[1:]]
+        if not shapes or unknown or len(set(shapes)) != len(shapes):
+            raise ValueError(f"shapes={list(shapes)!r}: distinct names from {list(CLASS_NAMES[1:])}")
+        self._shape_ids = np.array([CLASS_NAMES.index(name) for name in shapes], dtype=np.int64)
+        self.num_classes = 1 + len(shapes)
+        self.class_names = ("background", *shapes)
         self._split_id = SPLITS[split]
 
         side = self.image_size
@@ -350,7 +358,7 @@ class SyntheticShapes(Dataset):
 
         # 3. Objects, painted mostly large-first (log-area + N(0, 1) jitter).
         num_objects = int(rng.integers(1, self.max_objects + 1))
-        classes = rng.integers(1, len(CLASS_NAMES), size=num_objects)
+        classes = rng.integers(0, len(self._shape_ids), size=num_objects)  # index into the shapes in use
         sides = self._log_uniform(rng, num_objects, MAX_SIDE * h)
         params = rng.random((num_objects, 5))
         order = np.argsort(-(2 * np.log(sides) + rng.standard_normal(num_objects)), kind="stable")
@@ -373,9 +381,9 @@ class SyntheticShapes(Dataset):
         objects = []
         for rank, o in enumerate(order.tolist()):
             j = first_object + rank
-            label = int(classes[o])
+            label = int(self._shape_ids[classes[o]])
             spec = self._draw_object(layers, j, label, float(sides[o]), params[o], int(textures[j]))
-            labels[j], buckets[j], instances[j] = label, spec.bucket, rank + 1
+            labels[j], buckets[j], instances[j] = int(classes[o]) + 1, spec.bucket, rank + 1
             objects.append(spec)
 
         return layers, (textures, offsets, colours), labels, buckets, instances, tuple(objects)
