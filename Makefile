@@ -5,7 +5,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format describe clean
+PROFILE ?= quick
+
+.PHONY: install test lint format describe train bench-lightning clean
 
 install: $(STAMP)
 
@@ -32,6 +34,14 @@ format: $(STAMP)
 # make describe ARGS="--set backbone.output_stride=8"
 describe: $(STAMP)
 	$(BIN)/ablations describe $(ARGS)
+
+# make train PROFILE=quick ARGS="--set backbone.output_stride=8 --out runs/os8"
+train: $(STAMP)
+	$(BIN)/ablations train --profile $(PROFILE) $(ARGS)
+
+# Lightning's overhead against a plain PyTorch loop on the same model and batches (prints the ratio).
+bench-lightning: $(STAMP)
+	$(BIN)/python benchmarks/lightning_overhead.py --profile $(PROFILE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
