@@ -1,99 +1,243 @@
-"""The embedded benchmark: formats, determinism, class and size coverage, texture sharing, difficulty knobs."""
+"""Contracts of the embedded benchmark (ablations/data/synthetic.py): the sample format of ablations/data/__init__.py,
+determinism per (seed, split, index), coverage of classes and size buckets, and texture carrying no class."""
 
 from __future__ import annotations
 
+import math
+import re
+
+import numpy as np
 import pytest
 import torch
 
-from ablations.data.synthetic import CLASS_NAMES, SyntheticShapes
+from ablations.data import IGNORE_INDEX, NUM_CLASSES, SIZE_BUCKETS
+from ablations.data.synthetic import CLASS_NAMES, MEDIUM_SIDE, SMALL_SIDE, SyntheticShapes, size_bucket
+
+N = 200
 
 
 @pytest.fixture(scope="module")
-def dataset():
-    return SyntheticShapes(split="train", num_samples=200, image_size=64, seed=0)
+def dataset() -> SyntheticShapes:
+    return SyntheticShapes(split="train", num_samples=N, image_size=64, seed=0)
 
 
-def test_sample_format(dataset):
-    sample = dataset[0]
-    assert sample["image"].shape == (3, 64, 64) and sample["image"].dtype == torch.float32
-    assert sample["image"].min() >= 0.0 and sample["image"].max() <= 1.0
-    assert sample["mask"].dtype == sample["size"].dtype == torch.int64
-    assert int(sample["mask"].max()) < dataset.num_classes == len(CLASS_NAMES)
-    assert set(sample["size"].unique().tolist()) <= {0, 1, 2, 3}
-    assert torch.equal(sample["size"] == 0, sample["mask"] == 0)  # background and clutter are bucket 0
+@pytest.fixture(scope="module")
+def rendered(dataset):
+    return [dataset.render(i) for i in range(N)]
 
 
-def test_deterministic_per_seed_split_and_index(dataset):
-    again = SyntheticShapes(split="train", num_samples=200, image_size=64, seed=0)
-    for index in (7, 3, 7):
-        assert all(torch.equal(dataset[index][k], again[index][k]) for k in ("image", "mask", "size"))
-    assert not torch.equal(
-        dataset[3]["image"], SyntheticShapes(split="val", num_samples=200, image_size=64)[3]["image"]
-    )
-    assert not torch.equal(dataset[3]["image"], SyntheticShapes(num_samples=200, image_size=64, seed=1)[3]["image"])
+def test_metadata_matches_the_data_package():
+    ds = SyntheticShapes(num_samples=1)
+    assert ds.num_classes == len(CLASS_NAMES) == len(ds.class_names) == NUM_CLASSES["synthetic"]
+    assert ds.class_names[0] == SyntheticShapes.CLASS_NAMES[0] == "background"
+    assert ds.ignore_index == IGNORE_INDEX == 255
+    assert len(ds) == 1
+    assert len(set(ds.class_names)) == ds.num_classes
 
 
-def test_every_class_and_every_size_bucket_occurs(dataset):
-    classes, buckets, fractions = set(), set(), []
-    for index in range(200):
-        sample = dataset.render(index)
-        classes |= set(sample.mask.unique().tolist())
-        buckets |= set(sample.size.unique().tolist())
-        fractions += [o.area / 64**2 for o in sample.objects]
-    assert classes == set(range(len(CLASS_NAMES)))
-    assert buckets == {0, 1, 2, 3}
-    assert min(fractions) < 0.01 and max(fractions) > 0.25  # a few pixels to most of the image
+@pytest.mark.parametrize("image_size", [16, 37, 64])
+def test_fields_shapes_dtypes_and_ranges(image_size):
+    ds = SyntheticShapes(num_samples=20, image_size=image_size, seed=3)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert set(item) == {"image", "mask", "size"}
+        image, mask, size = item["image"], item["mask"], item["size"]
+        assert image.shape == (3, image_size, image_size) and image.dtype == torch.float32
+        assert mask.shape == size.shape == (image_size, image_size)
+        assert mask.dtype == size.dtype == torch.int64
+        assert torch.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
+        assert mask.min() >= 0 and mask.max() < ds.num_classes
+        assert set(size.unique().tolist()) <= set(range(len(SIZE_BUCKETS)))
+        # Background (including clutter) is bucket 0 and every object pixel has a real bucket.
+        assert torch.equal(size == 0, mask == 0)
 
 
-def test_texture_is_drawn_independently_of_the_class(dataset):
-    by_class: dict[int, set[int]] = {}
-    for index in range(200):
-        for spec in dataset.render(index).objects:
-            by_class.setdefault(spec.label, set()).add(spec.texture)
-    assert len(by_class) == 7
-    shared = set.intersection(*by_class.values())
-    assert len(shared) >= 12  # of 24: every class wears most textures, so texture cannot name the class
+def test_instance_map_agrees_with_mask_size_and_objects(rendered):
+    for sample in rendered[:50]:
+        inst = sample.instance
+        assert torch.equal(inst == 0, sample.mask == 0)
+        for k, obj in enumerate(sample.objects):
+            pixels = inst == k + 1
+            assert (sample.mask[pixels] == obj.label).all()
+            assert (sample.size[pixels] == obj.bucket).all()
 
 
-def test_shape_subset_relabels_and_counts_classes():
-    subset = SyntheticShapes(num_samples=50, image_size=64, shapes=("disk", "cross", "bar"))
-    assert subset.class_names == ("background", "disk", "cross", "bar") and subset.num_classes == 4
-    labels = set()
-    for index in range(50):
-        sample = subset.render(index)
-        labels |= set(sample.mask.unique().tolist())
-        assert {CLASS_NAMES[o.label] for o in sample.objects} <= {"disk", "cross", "bar"}
-    assert labels == {0, 1, 2, 3}
+def test_same_seed_split_index_gives_identical_items_in_any_order_and_instance():
+    a = SyntheticShapes(split="val", num_samples=30, image_size=48, seed=7)
+    b = SyntheticShapes(split="val", num_samples=30, image_size=48, seed=7)
+    forward = {i: a[i] for i in range(30)}
+    backward = {i: b[i] for i in reversed(range(30))}
+    again = {i: a[i] for i in (29, 3, 17, 3, 0)}
+    for i in range(30):
+        for key in ("image", "mask", "size"):
+            assert torch.equal(forward[i][key], backward[i][key])
+            if i in again:
+                assert torch.equal(forward[i][key], again[i][key])
 
 
-def test_background_contrast_flattens_only_the_background():
-    flat = SyntheticShapes(num_samples=20, image_size=64, max_distractors=0, background_contrast=0.0)
-    full = SyntheticShapes(num_samples=20, image_size=64, max_distractors=0)
-    for index in range(20):
-        a, b = flat[index], full[index]
-        assert torch.equal(a["mask"], b["mask"])
-        objects = a["mask"] > 0
-        assert torch.equal(a["image"][:, objects], b["image"][:, objects])  # objects untouched
-    one_region = next(i for i in range(20) if flat[i]["image"][:, flat[i]["mask"] == 0].std(1).max() < 1e-6)
-    assert one_region is not None  # a single-region background becomes one flat colour
+def test_dataloader_workers_see_the_same_items():
+    ds = SyntheticShapes(num_samples=8, image_size=32, seed=5)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    for b, batch in enumerate(batches):
+        for j in range(4):
+            item = ds[4 * b + j]
+            assert torch.equal(batch["image"][j], item["image"])
+            assert torch.equal(batch["mask"][j], item["mask"])
+
+
+def test_seeds_and_splits_differ():
+    base = SyntheticShapes(split="train", num_samples=5, image_size=32, seed=0)
+    other_seed = SyntheticShapes(split="train", num_samples=5, image_size=32, seed=1)
+    other_split = SyntheticShapes(split="val", num_samples=5, image_size=32, seed=0)
+    for i in range(5):
+        assert not torch.equal(base[i]["image"], other_seed[i]["image"])
+        assert not torch.equal(base[i]["image"], other_split[i]["image"])
+    assert not torch.equal(base[0]["image"], base[1]["image"])
+
+
+def test_every_class_and_size_bucket_appears(rendered):
+    classes = torch.zeros(len(CLASS_NAMES), dtype=torch.int64)
+    buckets = torch.zeros(len(SIZE_BUCKETS), dtype=torch.int64)
+    for sample in rendered:
+        classes += torch.bincount(sample.mask.flatten(), minlength=len(CLASS_NAMES))
+        buckets += torch.bincount(sample.size.flatten(), minlength=len(SIZE_BUCKETS))
+    assert (classes > 0).all(), dict(zip(CLASS_NAMES, classes.tolist(), strict=True))
+    assert (buckets > 0).all(), dict(zip(SIZE_BUCKETS, buckets.tolist(), strict=True))
+    # Background should be common but not everything: there are objects to segment.
+    assert 0.4 < classes[0] / classes.sum() < 0.95
+
+
+def test_sizes_span_small_to_large_and_buckets_are_balanced(rendered):
+    fractions = np.array([obj.area / 64**2 for s in rendered for obj in s.objects])
+    buckets = np.array([obj.bucket for s in rendered for obj in s.objects])
+    assert fractions.min() < 0.01 and fractions.max() > 0.25
+    # Small objects must be visible, not just listed: some object under 1 % of the image shows ≥ 10 pixels.
+    visible_small = [
+        int((s.instance == k + 1).sum()) for s in rendered for k, obj in enumerate(s.objects) if obj.area / 64**2 < 0.01
+    ]
+    assert max(visible_small) >= 10
+    shares = np.bincount(buckets, minlength=4)[1:] / len(buckets)
+    assert (shares > 0.2).all(), shares
+    # The documented thresholds.
+    assert size_bucket(0.99 * SMALL_SIDE**2, 1.0) == 1 and size_bucket(SMALL_SIDE**2, 1.0) == 2
+    assert size_bucket(0.99 * MEDIUM_SIDE**2, 1.0) == 2 and size_bucket(MEDIUM_SIDE**2, 1.0) == 3
+
+
+def test_size_distribution_does_not_depend_on_class(rendered):
+    """Area, not radius, is sampled, so every class has the same size distribution."""
+    per_class = {c: [] for c in range(1, len(CLASS_NAMES))}
+    for s in rendered:
+        for obj in s.objects:
+            per_class[obj.label].append(math.log(obj.area))
+    medians = [np.median(v) for v in per_class.values()]
+    assert max(medians) - min(medians) < 1.0  # log-area spans ≈ 7; a class-specific size would differ by more
+
+
+def test_texture_id_is_independent_of_class(rendered, dataset):
+    """Chi-square test of independence on the (class, texture id) table of every object."""
+    table = np.zeros((len(CLASS_NAMES) - 1, dataset.num_textures))
+    for s in rendered:
+        for obj in s.objects:
+            table[obj.label - 1, obj.texture] += 1
+    table = table[:, table.sum(0) > 0]  # a texture no object drew has no expected count
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    chi2 = ((table - expected) ** 2 / expected).sum()
+    dof = (table.shape[0] - 1) * (table.shape[1] - 1)
+    assert chi2 < dof + 4 * math.sqrt(2 * dof), (chi2, dof)  # dependence on class gives thousands
+
+
+def test_object_appearance_carries_no_class_information(rendered):
+    """Per-class averages of each object's mean grey level and texture contrast (std of grey inside the object)
+    agree across classes. Textures alone range from std 0.00 (near-flat) to 0.10 (checkerboards), so a texture or
+    colour tied to the class would spread the per-class averages far beyond the tolerances."""
+    features: dict[int, list[tuple[float, float]]] = {c: [] for c in range(1, len(CLASS_NAMES))}
+    for s in rendered:
+        grey = s.image.mean(0)
+        for k, obj in enumerate(s.objects):
+            pixels = grey[s.instance == k + 1]
+            if pixels.numel() >= 64:
+                features[obj.label].append((pixels.mean().item(), pixels.std().item()))
+    means = np.array([np.mean(f, axis=0) for f in features.values()])
+    assert min(len(f) for f in features.values()) >= 30
+    assert np.ptp(means[:, 0]) < 0.06, means[:, 0]
+    assert np.ptp(means[:, 1]) < 0.03, means[:, 1]  # 0.02 here; three textures per class gives 0.047
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "needle"),
     [
-        ({"num_samples": 0}, "num_samples=0"),
-        ({"image_size": 8}, "image_size=8"),
-        ({"split": "dev"}, "split='dev'"),
-        ({"background_contrast": 1.5}, "background_contrast=1.5"),
-        ({"shapes": ("disk", "hexagon")}, "shapes="),
-        ({"shapes": ()}, "shapes="),
+        ({"split": "training"}, ValueError, "split='training'"),
+        ({"num_samples": 0}, ValueError, "num_samples=0"),
+        ({"image_size": 15}, ValueError, "image_size=15"),
+        ({"seed": -1}, ValueError, "seed=-1"),
+        ({"max_objects": 0}, ValueError, "max_objects=0"),
+        ({"max_distractors": -1}, ValueError, "max_distractors=-1"),
+        ({"num_textures": 0}, ValueError, "num_textures=0"),
+        ({"image_size": 64.0}, TypeError, "image_size=64.0"),
+        ({"background_contrast": 1.5}, ValueError, "background_contrast=1.5"),
+        ({"shapes": ("disk", "hexagon")}, ValueError, "shapes=['disk', 'hexagon']"),
+        ({"shapes": ("disk", "disk")}, ValueError, "shapes=['disk', 'disk']"),
+        ({"shapes": ()}, ValueError, "shapes=[]"),
     ],
 )
-def test_bad_arguments(kwargs, error):
-    with pytest.raises(ValueError, match=error):
+def test_bad_arguments_raise(kwargs, error, needle):
+    with pytest.raises(error, match=re.escape(needle)):
         SyntheticShapes(**kwargs)
 
 
-def test_index_out_of_range(dataset):
-    with pytest.raises(IndexError, match="index=200"):
-        dataset[200]
+def test_bad_split_message_lists_allowed_splits():
+    with pytest.raises(ValueError, match=r"allowed \['test', 'train', 'val'\]"):
+        SyntheticShapes(split="eval")
+
+
+@pytest.mark.parametrize("index", [-1, 3, 100])
+def test_index_out_of_range_raises(index):
+    ds = SyntheticShapes(num_samples=3, image_size=16)
+    with pytest.raises(IndexError, match=rf"index={index}: allowed 0 ≤ index < num_samples=3"):
+        ds[index]
+    with pytest.raises(IndexError):
+        ds.render(index)
+
+
+def test_numpy_integer_index_is_accepted():
+    ds = SyntheticShapes(num_samples=3, image_size=16)
+    assert torch.equal(ds[np.int64(2)]["image"], ds[2]["image"])
+    with pytest.raises(TypeError, match=r"index=1\.5"):
+        ds[1.5]
+
+
+def test_shape_subset_relabels_without_changing_geometry():
+    """shapes=("cross", "disk") gives labels 1 = cross, 2 = disk; the drawn geometry follows the name, which the
+    exact area / R² of each object shows (disk π, cross 8β − 4β² ∈ [0.90, 2.04])."""
+    ds = SyntheticShapes(num_samples=40, image_size=48, shapes=("cross", "disk"))
+    assert ds.num_classes == 3 and ds.class_names == ("background", "cross", "disk")
+    seen = set()
+    for i in range(len(ds)):
+        sample = ds.render(i)
+        assert set(sample.mask.unique().tolist()) <= {0, 1, 2}
+        for k, obj in enumerate(sample.objects):
+            ratio = obj.area / obj.radius**2
+            if obj.label == 2:
+                assert ratio == pytest.approx(math.pi)
+            else:
+                assert obj.label == 1 and 0.89 < ratio < 2.05
+            assert (sample.mask[sample.instance == k + 1] == obj.label).all()
+            seen.add(obj.label)
+    assert seen == {1, 2}
+
+
+def test_background_contrast_only_changes_the_background():
+    flat = SyntheticShapes(num_samples=10, image_size=32, max_distractors=0, background_contrast=0.0)
+    full = SyntheticShapes(num_samples=10, image_size=32, max_distractors=0)
+    changed = 0
+    for i in range(len(flat)):
+        a, b = flat.render(i), full.render(i)
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.size, b.size)
+        objects = a.instance > 0
+        assert torch.equal(a.image[:, objects], b.image[:, objects])
+        # Without clutter the background is one or two regions, each a single colour at zero contrast.
+        background = a.image[:, ~objects].T
+        assert len(torch.unique(background, dim=0)) <= 2
+        changed += not torch.equal(a.image, b.image)
+    assert changed > 0

@@ -10,8 +10,9 @@ A benchmark only separates those arms if getting a pixel right needs *both* reso
   and the background) draws its texture id uniformly from one shared bank, independently of its class, and
   its two colours from one class-independent rule. A pixel deep inside a large disk looks exactly like a
   pixel deep inside a large square; only context as wide as the object says which one it is.
-* **Sizes span about 1/32 of the image to most of it**, log-uniformly, so small objects and thin parts
-  (1-2 px cross arms and ring walls at 128²) need resolution while large objects need a large receptive field.
+* **Sizes span about 1/32 of the image to most of it**, log-uniformly, so small objects and thin parts (cross
+  arms and ring walls down to about 1 px at 128²) need resolution while large objects need a large receptive
+  field.
 * **Clutter is labelled background**: textured backgrounds and distractor fragments drawn from the same
   texture bank, so "textured vs flat" or "edge vs no edge" does not solve the task.
 * **Every pixel carries its object's size bucket** (``"size"``), so a metric can be split by object size the
@@ -64,15 +65,20 @@ Composition
    *arc* (a partial ring of span 0.3π-0.9π, walls 0.08R-0.2R: it looks like an occluded ring but has no
    occluder), a *stroke* (a 2-3 segment polyline 1 px to H/40 wide) or a *disk segment* (a disk cut by a chord,
    ≤ 60 % of it). Clutter sizes are log-uniform in [max(4 px, H/32), 0.4 H].
-3. Objects: 1..N (N = ``max_objects``), class uniform over the 7 shapes, centre uniform in the image but kept
-   within H/4 of the border for objects larger than that. They are painted in order of decreasing
-   log-area + N(0, 1) noise: mostly large first, so small objects are usually visible, but large objects
-   sometimes occlude smaller ones. Later objects occlude earlier ones; the mask shows the visible class.
+3. Objects: 1..N (N = ``max_objects``), class uniform over the 7 shapes, centre uniform over the image inset
+   by min(R, H/2)/2 on every side (so a large object is never mostly outside the image). They are painted in
+   order of decreasing log-area + N(0, 1) noise: mostly large first, so small objects are usually visible, but
+   large objects sometimes occlude smaller ones. Later objects occlude earlier ones; the mask shows the visible class.
 4. Appearance: each layer (background region, fragment or object) has a texture id ~ U{0..K−1}, a random
    offset into the texture and two colours c₀, c₁ ~ U[0, 1]³; the pixel is c₀ + (c₁ − c₀)·t, t ∈ [0, 1] the
    texture value, so images are in [0, 1] without clipping. Fragment and object colours are re-drawn (up to
    8 times, same rule for every class) until their mean colour is ≥ 0.2 (Euclidean) from every background
    region's mean colour, so objects are not invisible by chance.
+
+Knobs for easier instruments (defaults keep the design above): ``background_contrast`` ∈ [0, 1] scales the
+background regions' texture contrast (c₁ − c₀) after every random draw, so "strongly textured" hints at
+object-or-clutter while rejecting clutter and naming the class still need the shape; ``shapes`` restricts the
+classes to a subset of the seven, relabelled 1..k in the order given (``class_names`` follows).
 
 Texture bank
 ------------
@@ -87,7 +93,7 @@ Rendering and speed
 -------------------
 Each layer only writes its id into a layer map, inside its bounding box; one vectorised pass at the end
 gathers texture values, colours (a per-layer 256-level colour lookup table), class and bucket from the layer
-map. About 1 ms per 128² image on one CPU core (``benchmarks/synthetic_speed.py``).
+map. About 0.6 ms per 128² image on one CPU core, ≈ 1,700 images/s (``benchmarks/synthetic_speed.py``).
 
 Determinism
 -----------
@@ -141,7 +147,7 @@ def size_bucket(area: float, image_area: float) -> int:
 class ObjectSpec:
     """One painted object, in paint order (later ones occlude earlier ones)."""
 
-    label: int  # class index into CLASS_NAMES
+    label: int  # mask label: index into the dataset's class_names (= CLASS_NAMES unless shapes= is given)
     texture: int  # texture id in the shared bank
     center: tuple[float, float]  # (y, x) in pixels
     radius: float  # circumradius R in pixels
@@ -381,9 +387,9 @@ class SyntheticShapes(Dataset):
         objects = []
         for rank, o in enumerate(order.tolist()):
             j = first_object + rank
-            label = int(self._shape_ids[classes[o]])
-            spec = self._draw_object(layers, j, label, float(sides[o]), params[o], int(textures[j]))
-            labels[j], buckets[j], instances[j] = int(classes[o]) + 1, spec.bucket, rank + 1
+            shape, label = int(self._shape_ids[classes[o]]), int(classes[o]) + 1
+            spec = self._draw_object(layers, j, shape, label, float(sides[o]), params[o], int(textures[j]))
+            labels[j], buckets[j], instances[j] = label, spec.bucket, rank + 1
             objects.append(spec)
 
         return layers, (textures, offsets, colours), labels, buckets, instances, tuple(objects)
@@ -443,26 +449,27 @@ class SyntheticShapes(Dataset):
         np.putmask(layers[y0:y1, x0:x1], inside, layer)
 
     def _draw_object(
-        self, layers: np.ndarray, layer: int, label: int, side: float, p: np.ndarray, texture: int
+        self, layers: np.ndarray, layer: int, shape: int, label: int, side: float, p: np.ndarray, texture: int
     ) -> ObjectSpec:
+        """Paint shape ``shape`` (an index into CLASS_NAMES) as ``layer``; ``label`` is its mask label."""
         h = float(self.image_size)
         area = side * side
         angle = _TWO_PI * float(p[0])
         q = float(p[1])  # the shape parameter
         # k: area / R² for this class and parameter (exact formulas, see the module docstring).
-        if label == 1:
+        if shape == 1:
             k = math.pi
-        elif label == 2:
+        elif shape == 2:
             k = 2.0
-        elif label == 3:
+        elif shape == 3:
             k = 3 * math.sqrt(3) / 4
-        elif label == 4:
+        elif shape == 4:
             rho = 0.5 + 0.3 * q
             k = math.pi * (1 - rho * rho)
-        elif label == 5:
+        elif shape == 5:
             beta = 0.12 + 0.18 * q
             k = 8 * beta - 4 * beta * beta
-        elif label == 6:
+        elif shape == 6:
             rho = 0.38 + 0.12 * q
             k = 5 * rho * _SIN36
         else:
@@ -480,21 +487,21 @@ class SyntheticShapes(Dataset):
         if frame is None:
             return spec
         box, dy, dx = frame
-        if label == 1:
+        if shape == 1:
             inside = dy * dy + dx * dx <= radius * radius
-        elif label == 4:
+        elif shape == 4:
             r2 = dy * dy + dx * dx
             inside = (r2 <= radius * radius) & (r2 >= (rho * radius) ** 2)
-        elif label == 6:
+        elif shape == 6:
             inside = self._star(dy, dx, angle, radius, rho * radius)
         else:
             u, v = self._rotate(dy, dx, angle)
             au, av = np.abs(u), np.abs(v)
-            if label == 2:
+            if shape == 2:
                 inside = np.maximum(au, av) <= radius / math.sqrt(2)
-            elif label == 3:
+            elif shape == 3:
                 inside = (v >= -radius / 2) & (0.5 * v + (math.sqrt(3) / 2) * au <= radius / 2)
-            elif label == 5:
+            elif shape == 5:
                 inside = (np.minimum(au, av) <= beta * radius) & (np.maximum(au, av) <= radius)
             else:
                 inside = (au <= radius * math.cos(phi)) & (av <= radius * math.sin(phi))
