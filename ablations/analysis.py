@@ -136,6 +136,14 @@ def count_macs(model: nn.Module, input_size: tuple[int, int], *, batch: int = 1)
     return counter.get_total_flops() // 2 // batch
 
 
+def stage_dilations(rows: Iterable[dict]) -> dict[str, list[int]]:
+    """``{block: [dilation of each 3×3 conv, in order]}`` from a backbone's ``conv_table()``."""
+    stages: dict[str, list[int]] = {}
+    for row in rows:
+        stages.setdefault(row["block"], []).append(row["dilation"])
+    return stages
+
+
 def network_field_of_view(model: nn.Module) -> dict:
     """Receptive field (input pixels, one axis) and gridding holes of a built :class:`~ablations.model.DeepLab`.
 
@@ -153,10 +161,7 @@ def network_field_of_view(model: nn.Module) -> dict:
     # Gridding, per dilated stage (in that stage's cells) and on the output grid (every 3×3 conv that reads a
     # map already at the output stride, then the context module's paths).
     holes: dict[str, list[int]] = {}
-    by_stage: dict[str, list[int]] = {}
-    for r in rows:
-        by_stage.setdefault(r["block"], []).append(r["dilation"])
-    for stage, rates in by_stage.items():
+    for stage, rates in stage_dilations(rows).items():
         if max(rates) > 1:
             holes[stage] = gridding_holes(rates)
     output_grid_rates, running = [], math.prod(s for _, s, _ in backbone.stem_path())

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ablations.data import DATASET_NAMES, NUM_CLASSES, SYNTHETIC_SHAPES
-from ablations.dilation import FIRST_UNIT_CONVENTIONS, LAYOUTS, dilation_plan, scale_rates
+from ablations.dilation import LAYOUTS, dilation_plan, scale_rates
 
 
 class ConfigError(ValueError):
@@ -555,7 +555,6 @@ def field_docs(cls: type = ExperimentConfig, prefix: str = "") -> dict[str, str]
 
 
 __all__ = [
-    "FIRST_UNIT_CONVENTIONS",
     "BackboneConfig",
     "ConfigError",
     "ContextConfig",

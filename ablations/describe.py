@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ablations.analysis import count_macs, count_params, hdc_rule, network_field_of_view
+from ablations.analysis import count_macs, count_params, hdc_rule, network_field_of_view, stage_dilations
 from ablations.config import ExperimentConfig
 from ablations.dilation import scale_rates
 from ablations.model import DeepLab, build_model
@@ -60,7 +60,7 @@ def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513))
             "reference_output_stride": c.reference_output_stride,
             "image_pooling": bool(c.image_pooling),
             "separable": c.separable,
-            "branches": _branch_count(context),
+            "branches": context.branch_count,
         },
         "decoder": (
             {"levels": list(model.decoder.levels), "low_level_channels": config.decoder.low_level_channels}
@@ -77,7 +77,7 @@ def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513))
     summary.update(network_field_of_view(model))
     summary["hdc_rule"] = {
         stage: hdc_rule(rates)
-        for stage, rates in _stage_rates(summary["units"]).items()
+        for stage, rates in stage_dilations(summary["units"]).items()
         if stage in summary["gridding_holes"]
     }
     eval_os = config.eval_output_stride
@@ -97,22 +97,6 @@ def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513))
     return summary
 
 
-def _branch_count(context: torch.nn.Module) -> int:
-    """Inputs to the concatenation (concat merge, SPP) or summed heads (v2 merge); 0 without a context module."""
-    if hasattr(context, "branches"):
-        return len(context.branches) + (getattr(context, "image_pooling", None) is not None)
-    if hasattr(context, "fc6"):
-        return len(context.fc6) + (context.image_pooling is not None)
-    return 0
-
-
-def _stage_rates(units: list[dict]) -> dict[str, list[int]]:
-    rates: dict[str, list[int]] = {}
-    for row in units:
-        rates.setdefault(row["block"], []).append(row["dilation"])
-    return rates
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Human-readable form
 
@@ -128,7 +112,7 @@ def format_summary(s: dict[str, Any]) -> str:
         + (f", HDC {', '.join(f'{k} {tuple(v)}' for k, v in b['hdc'].items())}" if b["hdc"] else "")
     )
     lines.append(f"  {'block':<8}{'stride':>7}  {'rates of the 3×3 convs':<40}gridding")
-    rates = _stage_rates(s["units"])
+    rates = stage_dilations(s["units"])
     strides = {st["block"]: st["stride"] for st in s["stages"]}
     for block, stage_rates in rates.items():
         holes = s["gridding_holes"].get(block)

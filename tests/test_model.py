@@ -153,11 +153,9 @@ def test_cascade_blocks_are_replicas_of_block4():
     ],
 )
 def test_context_branches_and_actual_rates(overrides, rates, branches):
-    from ablations.describe import _branch_count
-
     model = build_model(tiny(*overrides))
     assert model.context.rates == rates
-    assert _branch_count(model.context) == branches
+    assert model.context.branch_count == branches
 
 
 def test_sum_merge_outputs_logits_without_a_head():

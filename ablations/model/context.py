@@ -76,6 +76,11 @@ class AtrousPyramid(nn.Module):
     def is_global(self) -> bool:
         return self.image_pooling is not None
 
+    @property
+    def branch_count(self) -> int:
+        """Inputs to the concatenation (1×1, atrous, image pooling) or summed heads."""
+        return len(self.branches) + (self.image_pooling is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, h, w) → (B, channels, h, w)
         outputs = [self.branches[0](x)]
         previous = x
@@ -148,6 +153,10 @@ class SummedAtrousHeads(nn.Module):
     def is_global(self) -> bool:
         return self.image_pooling is not None
 
+    @property
+    def branch_count(self) -> int:
+        return len(self.fc6) + (self.image_pooling is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, h, w) → (B, classes, h, w)
         logits = 0
         previous = x
@@ -194,6 +203,10 @@ class PyramidPooling(nn.Module):
     def is_global(self) -> bool:
         return 1 in self.bins
 
+    @property
+    def branch_count(self) -> int:
+        return len(self.branches)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, h, w) → (B, channels, h, w)
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
 
@@ -214,3 +227,4 @@ class NoContext(nn.Identity):
         return [[]]
 
     is_global = False
+    branch_count = 0
