@@ -260,6 +260,7 @@ class DataConfig:
     max_objects: int = _field(8, "synthetic: at most this many shapes per image")
     max_distractors: int = _field(6, "synthetic: at most this many background clutter fragments per image")
     background_contrast: float = _field(1.0, "synthetic: texture contrast of the background (1 = as objects)")
+    foreground_cue: float = _field(0.0, "synthetic: 0-1, how much brighter clutter and objects are than background")
     shapes: tuple[str, ...] | None = _field(None, "synthetic: shape classes in use, e.g. disk,cross,bar; null = all 7")
     crop_size: int = _field(513, "training crop side, padded with ignore where the image is smaller (v3 §4: 513)")
     scale_min: float = _field(0.5, "random scale lower bound (v3 §4: 0.5)")
@@ -278,6 +279,7 @@ class DataConfig:
         _require(self.max_objects >= 1, "data.max_objects", self.max_objects, "an integer ≥ 1")
         _require(self.max_distractors >= 0, "data.max_distractors", self.max_distractors, "an integer ≥ 0")
         _require(0 <= self.background_contrast <= 1, "data.background_contrast", self.background_contrast, "0 ≤ c ≤ 1")
+        _require(0 <= self.foreground_cue <= 1, "data.foreground_cue", self.foreground_cue, "0 ≤ c ≤ 1")
         _require(0 < self.scale_min <= self.scale_max, "data.scale_min", self.scale_min, "0 < scale_min ≤ scale_max")
         if self.val_batch_size is not None:
             _require(self.val_batch_size >= 1, "data.val_batch_size", self.val_batch_size, "an integer ≥ 1")

@@ -176,6 +176,7 @@ def test_object_appearance_carries_no_class_information(rendered):
         ({"num_textures": 0}, ValueError, "num_textures=0"),
         ({"image_size": 64.0}, TypeError, "image_size=64.0"),
         ({"background_contrast": 1.5}, ValueError, "background_contrast=1.5"),
+        ({"foreground_cue": -0.1}, ValueError, "foreground_cue=-0.1"),
         ({"shapes": ("disk", "hexagon")}, ValueError, "shapes=['disk', 'hexagon']"),
         ({"shapes": ("disk", "disk")}, ValueError, "shapes=['disk', 'disk']"),
         ({"shapes": ()}, ValueError, "shapes=[]"),
@@ -241,3 +242,18 @@ def test_background_contrast_only_changes_the_background():
         assert len(torch.unique(background, dim=0)) <= 2
         changed += not torch.equal(a.image, b.image)
     assert changed > 0
+
+
+def test_foreground_cue_separates_brightness_and_changes_nothing_else():
+    plain = SyntheticShapes(num_samples=12, image_size=32)
+    cued = SyntheticShapes(num_samples=12, image_size=32, foreground_cue=1.0)
+    for i in range(len(plain)):
+        a, b = plain.render(i), cued.render(i)
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.size, b.size) and torch.equal(a.instance, b.instance)
+        assert a.objects == b.objects
+        objects = b.instance > 0
+        # At cue 1 every object pixel is in [0.6, 1] and no object pixel is darker than the brightest background.
+        assert b.image[:, objects].min() >= 0.6 - 1e-6
+    background_only = [cued.render(i) for i in range(len(cued))]
+    fragments = sum(int(((s.mask == 0) & (s.image.min(0).values >= 0.6)).sum()) for s in background_only)
+    assert fragments > 0  # clutter is bright too (labelled background), so brightness alone cannot reject it

@@ -30,6 +30,7 @@ def build_dataset(config: ExperimentConfig, split: str) -> Dataset:
             max_objects=d.max_objects,
             max_distractors=d.max_distractors,
             background_contrast=d.background_contrast,
+            foreground_cue=d.foreground_cue,
             shapes=d.shapes,
         )
     from ablations.data.datasets import DATASETS, DatasetError

@@ -78,7 +78,11 @@ Composition
 Knobs for easier instruments (defaults keep the design above): ``background_contrast`` ∈ [0, 1] scales the
 background regions' texture contrast (c₁ − c₀) after every random draw, so "strongly textured" hints at
 object-or-clutter while rejecting clutter and naming the class still need the shape; ``shapes`` restricts the
-classes to a subset of the seven, relabelled 1..k in the order given (``class_names`` follows).
+classes to a subset of the seven, relabelled 1..k in the order given (``class_names`` follows);
+``foreground_cue`` ∈ [0, 1] separates brightness: every background colour is scaled by 1 − 0.6c and every clutter
+and object colour mapped to 0.6c + (1 − 0.6c)·x (at 1, backgrounds in [0, 0.4], the rest in [0.6, 1]), so
+"bright" says object-or-clutter at a glance while clutter rejection and the class still need the shape. Both are
+applied after every random draw, so they change colours only, never geometry or the random stream.
 
 Texture bank
 ------------
@@ -127,6 +131,8 @@ MIN_SIDE = 1 / 32
 MAX_SIDE = 0.65
 MAX_CLUTTER_SIDE = 0.4
 MIN_PIXELS = 4.0
+# At foreground_cue = 1 background colours lie in [0, 0.4] and clutter/object colours in [0.6, 1].
+FOREGROUND_CUE_GAP = 0.6
 
 _SIN36 = math.sin(math.pi / 5)
 _COS36 = math.cos(math.pi / 5)
@@ -256,6 +262,7 @@ class SyntheticShapes(Dataset):
         max_distractors: int = 6,
         num_textures: int = 24,
         background_contrast: float = 1.0,
+        foreground_cue: float = 0.0,
         shapes: tuple[str, ...] | None = None,
     ) -> None:
         if split not in SPLITS:
@@ -270,6 +277,9 @@ class SyntheticShapes(Dataset):
         if not 0.0 <= background_contrast <= 1.0:
             raise ValueError(f"background_contrast={background_contrast!r}: allowed 0 ≤ contrast ≤ 1")
         self.background_contrast = float(background_contrast)
+        if not 0.0 <= foreground_cue <= 1.0:
+            raise ValueError(f"foreground_cue={foreground_cue!r}: allowed 0 ≤ cue ≤ 1")
+        self.foreground_cue = float(foreground_cue)
         # A subset of the shapes makes an easier instrument (fewer, more distinct classes) for CPU-minute runs;
         # mask labels are 1..k in the order given. All seven (the default) keeps the random stream unchanged.
         shapes = tuple(shapes) if shapes is not None else CLASS_NAMES[1:]
@@ -300,7 +310,8 @@ class SyntheticShapes(Dataset):
         return (
             f"SyntheticShapes(split={self.split!r}, num_samples={self.num_samples}, image_size={self.image_size}, "
             f"seed={self.seed}, max_objects={self.max_objects}, max_distractors={self.max_distractors}, "
-            f"num_textures={self.num_textures}, background_contrast={self.background_contrast})"
+            f"num_textures={self.num_textures}, background_contrast={self.background_contrast}, "
+            f"foreground_cue={self.foreground_cue})"
         )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -380,6 +391,10 @@ class SyntheticShapes(Dataset):
         colours[:num_background, 1] = colours[:num_background, 0] + self.background_contrast * (
             colours[:num_background, 1] - colours[:num_background, 0]
         )
+        if self.foreground_cue:  # backgrounds darker, clutter and objects brighter (same rule for every class)
+            gap = FOREGROUND_CUE_GAP * self.foreground_cue
+            colours[:num_background] *= 1 - gap
+            colours[num_background:] = gap + (1 - gap) * colours[num_background:]
 
         labels = np.zeros(num_layers, dtype=np.int64)
         buckets = np.zeros(num_layers, dtype=np.int64)
