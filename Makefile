@@ -7,7 +7,15 @@ STAMP  := $(VENV)/.installed
 
 PROFILE ?= quick
 
-.PHONY: install test lint format describe train bench-lightning clean
+.PHONY: install test lint format describe train bench-lightning clean sweep sweep-all
+
+# Sweeps: one target per study file in sweeps/ (make sweep-multigrid, make sweep-output_stride, …).
+# PROFILE=paper DATA=voc DATA_ROOT=/data/voc STORAGE=postgresql://… WORKERS=4 SEEDS=0,1,2 ARGS="--set …"
+STUDIES := $(basename $(notdir $(wildcard sweeps/*.yaml)))
+SWEEP_FLAGS = $(if $(filter command line environment,$(origin PROFILE)),--profile $(PROFILE)) \
+	$(if $(DATA),--set data.name=$(DATA)) $(if $(DATA_ROOT),--set data.root=$(DATA_ROOT)) \
+	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS)) \
+	$(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 install: $(STAMP)
 
@@ -42,6 +50,16 @@ train: $(STAMP)
 # Lightning's overhead against a plain PyTorch loop on the same model and batches (prints the ratio).
 bench-lightning: $(STAMP)
 	$(BIN)/python benchmarks/lightning_overhead.py --profile $(PROFILE)
+
+$(addprefix sweep-,$(STUDIES)): sweep-%: $(STAMP)
+	$(BIN)/ablations sweep sweeps/$*.yaml $(SWEEP_FLAGS)
+
+# make sweep STUDY=multigrid
+sweep: $(STAMP)
+	@test -n "$(STUDY)" || { echo "make sweep STUDY=<name>: one of $(STUDIES)"; exit 2; }
+	$(BIN)/ablations sweep sweeps/$(STUDY).yaml $(SWEEP_FLAGS)
+
+sweep-all: $(addprefix sweep-,$(STUDIES))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
 
@@ -43,7 +45,35 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one config; writes config, best checkpoint and metrics.json")
     _config_arguments(train)
     train.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-<date>-<time>)")
+    sweep = commands.add_parser(
+        "sweep", help="run a study file (sweeps/*.yaml): every arm × seed, or a sampler's budget, then the table"
+    )
+    sweep.add_argument("study", metavar="STUDY", help="study file, e.g. sweeps/multigrid.yaml")
+    sweep.add_argument("--profile", choices=profile_names(), help="named preset (default: the study's)")
+    sweep.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="applied to every trial"
+    )
+    sweep.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the run folder)")
+    sweep.add_argument("--out", metavar="DIR", help="run folder (default: runs/sweeps/<study name>)")
+    sweep.add_argument("--study-name", metavar="NAME", help="name in the storage (default: the study's name)")
+    sweep.add_argument("--workers", type=_positive, default=1, help="local worker processes (default 1)")
+    sweep.add_argument("--seeds", type=_seed_list, metavar="S,S,...", help="replicate seeds (default: the study's)")
+    sweep.add_argument("--budget", type=_positive, help="trials, for a study without an axis (default: the study's)")
+    sweep.add_argument("--retry-failed", action="store_true", help="also re-run trials that failed (diverged, …)")
+    sweep.add_argument("--max-trials", type=_positive, help="stop this worker after this many trials")
+    sweep.add_argument("--table-only", action="store_true", help="print the stored comparison, run nothing")
+    sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
     return parser
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct integers ≥ 0")
+    return seeds
 
 
 def _error(message: object) -> int:
@@ -53,6 +83,8 @@ def _error(message: object) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "sweep":
+        return _sweep(args, sys.argv[1:] if argv is None else list(argv))
     try:
         config = load_config(args.config, args.overrides, profile=args.profile)
     except ConfigError as error:
@@ -89,6 +121,91 @@ def _train(config: ExperimentConfig, out: str | None) -> int:
         f"{metrics['wall_time_s']:.0f} s in all; wrote {out_dir}/metrics.json"
     )
     return 0
+
+
+def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
+    from ablations.study import StudyError, load_study
+
+    try:
+        study = load_study(args.study, profile=args.profile, sets=args.overrides, seeds=args.seeds, budget=args.budget)
+    except StudyError as error:
+        return _error(error)
+    from ablations import sweep
+
+    sweep.quiet_libraries()
+    name = args.study_name or study.name
+    out_dir = Path(args.out) if args.out else sweep.default_out_dir(study)
+    if args.study_name and not args.out:
+        out_dir = out_dir.parent / args.study_name
+    # --retry-failed re-runs failures recorded before this sweep started (workers inherit the parent's start).
+    inherited = os.environ.get("ABLATIONS_SWEEP_STARTED") if args.worker else None
+    started = float(inherited) if inherited else time.time()
+    retry = started if args.retry_failed else None
+    try:
+        url = sweep.storage_url(study, out_dir, args.storage)
+        sweep.check_storage_reachable(url)
+        storage = sweep.open_storage(url)
+        optuna_study = sweep.open_study(study, storage, name)
+        if args.table_only:
+            print(sweep.write_outputs(study, optuna_study, out_dir, name))
+            return 0
+        if not args.worker:
+            print(
+                f"study {name}: {study.total} trials ({len(study.arms)} arms × {len(study.seeds)} seeds)"
+                if study.is_grid
+                else f"study {name}: {study.total} trials sampled by {study.sampler}",
+                f"· profile {study.profile} · storage {sweep._redact(url)} · run folder {out_dir}",
+                flush=True,
+            )
+        if args.workers > 1 and not args.worker:
+            sweep.reap_interrupted(optuna_study)
+            if study.is_grid:
+                sweep.top_up(study, optuna_study, retry_failed=retry)
+            status = sweep.spawn_workers(_worker_argv(argv), args.workers, started=started)
+            if status:
+                print(f"ablations: a worker exited with status {status}", file=sys.stderr)
+        else:
+            if args.worker and os.environ.get("OMP_NUM_THREADS"):
+                import torch
+
+                torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+            sweep.work(
+                study,
+                optuna_study,
+                out_dir,
+                name,
+                workers=args.workers,
+                retry_failed=retry,
+                max_trials=args.max_trials,
+                printer=lambda line: print(line, flush=True),
+            )
+        if args.worker:
+            return 0
+        print()
+        print(sweep.write_outputs(study, optuna_study, out_dir, name), flush=True)
+        print(f"\ntrials, metrics and configs: {out_dir} (summary.md, summary.json, trials.json) and {url}")
+        return 0
+    except (sweep.SweepError, StudyError) as error:
+        return _error(error)
+    except KeyboardInterrupt:
+        print("\nablations: interrupted; run the same command again to continue the study", file=sys.stderr)
+        return 130
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The parent's arguments for a worker: the same study, one worker per process."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

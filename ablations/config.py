@@ -416,9 +416,13 @@ def profile_names() -> list[str]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: Iterable[str] = (), *, profile: str | None = None
+    path: str | Path | None = None,
+    overrides: Iterable[str | tuple[str, Any]] = (),
+    *,
+    profile: str | None = None,
 ) -> ExperimentConfig:
-    """Defaults ← profile (``quick``, ``paper``) ← YAML file ← ``key.path=value`` overrides, then validate.
+    """Defaults ← profile (``quick``, ``paper``) ← YAML file ← overrides in order, then validate. An override is
+    a ``"key.path=value"`` string (the value parsed as YAML) or a ``(key.path, value)`` pair of a parsed value.
 
     >>> load_config(overrides=["backbone.output_stride=8", "backbone.multi_grid=1,2,4"]).backbone.multi_grid
     (1, 2, 4)
@@ -431,7 +435,10 @@ def load_config(
     if path is not None:
         _merge(data, _read_yaml(Path(path)))
     for override in overrides:
-        apply_override(data, override)
+        if isinstance(override, str):
+            apply_override(data, override)
+        else:
+            set_value(data, *override)
     return ExperimentConfig.from_dict(data)
 
 
@@ -472,12 +479,20 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(text) if text else None
     except yaml.YAMLError:
         raise ConfigError(f"override {override!r}: the value is not a valid YAML scalar or list") from None
+    set_value(data, key, value, what=f"override {override!r}")
+
+
+def set_value(data: dict[str, Any], key: str, value: Any, *, what: str | None = None) -> None:
+    """Set the dotted ``key`` to an already parsed ``value`` in a nested dict (validation happens on load)."""
+    what = what or f"setting {key}={value!r}"
+    if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{what}: expected a dotted key such as backbone.output_stride")
     *parents, leaf = key.split(".")
     node = data
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {'.'.join(parents[: depth + 1])} is not a section")
+            raise ConfigError(f"{what}: {'.'.join(parents[: depth + 1])} is not a section")
         node = child
     node[leaf] = value
 

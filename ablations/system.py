@@ -19,6 +19,10 @@ from ablations.metrics import SegmentationMetrics
 from ablations.model import build_model
 
 
+class DivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, hard_pixel_fraction: float = 1.0) -> torch.Tensor:
     """Cross-entropy over labelled pixels; with ``hard_pixel_fraction`` < 1 only the hardest pixels count
     (TF DeepLab ``top_k_percent_pixels``, detectron2 ``DeepLabCE``)."""
@@ -70,6 +74,12 @@ class SegmentationSystem(pl.LightningModule):
         logits = self(batch["image"])
         loss = segmentation_loss(logits, batch["mask"], hard_pixel_fraction=self.config.train.hard_pixel_fraction)
         batch_size = batch["image"].shape[0]
+        # A diverged run stops here with the step and value. Checked every step on a CPU (free) and every
+        # log_every steps on an accelerator, where reading the loss waits for the device.
+        if (loss.device.type == "cpu" or self.global_step % self.config.train.log_every == 0) and not bool(
+            torch.isfinite(loss)
+        ):
+            raise DivergedError(f"training diverged: loss is {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return loss

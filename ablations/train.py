@@ -3,6 +3,7 @@ checkpoint(s) and ``metrics.json``; every run is also a Weights & Biases run (of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import netrc
@@ -182,7 +183,15 @@ def train(
         enable_model_summary=False,
         default_root_dir=out_dir,
     )
-    trainer.fit(system, datamodule=data)
+    try:
+        trainer.fit(system, datamodule=data)
+    except BaseException:
+        # Close this W&B run as failed, so that the next run in this process starts clean (sweeps).
+        run = getattr(logger, "_experiment", None)
+        if run is not None and hasattr(run, "finish"):
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
+        raise
     metrics = {
         **system.best,
         "best_step": system.best.get("step"),

@@ -1,0 +1,441 @@
+"""Study files (``sweeps/*.yaml``): one ablation as data, validated before anything runs.
+
+A study names a *scientific axis* and its values (the **arms**), the **seeds** every arm is replicated over,
+the settings every trial shares (**profile**, optional **base** config, **fixed** overrides), an optional
+*nuisance* **search_space** sampled per trial, the **objectives** read from each run's metrics, and optionally
+a **pruner**. With an axis the design is the full grid arms × seeds; without one (``joint``) a sampler
+(``random``, ``tpe``, ``nsga2``) draws ``budget`` trials from the search space::
+
+    name: multigrid
+    description: unit rates of block4 (v3 Table 3)
+    profile: quick
+    fixed: {backbone.output_stride: 16}
+    axis:
+      name: multi_grid
+      key: backbone.multi_grid          # one config key ...
+      values: [[1, 1, 1], [1, 2, 4]]
+      # arms: {label: {key: value, ...}} # ... or named arms, each a set of overrides
+    seeds: [0, 1]
+    objectives: [{metric: val/mIoU, direction: maximize}]
+
+Every arm's config is resolved and validated when the study is loaded, so a typo fails with the study file,
+the arm and the field named, before the first trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
+
+SAMPLERS = ("grid", "random", "tpe", "nsga2")
+PRUNERS = ("median", "percentile", "hyperband", "successive_halving")
+DIRECTIONS = ("maximize", "minimize")
+STUDY_KEYS = {
+    "name",
+    "description",
+    "profile",
+    "base",
+    "fixed",
+    "axis",
+    "seeds",
+    "search_space",
+    "sampler",
+    "objectives",
+    "budget",
+    "pruner",
+}
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message names the file, the field, the bad value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    overrides: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One sampled dimension: a config key over a numeric range or a list of values, or named arms."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[str, ...] = ()  # labels (categorical)
+    arms: Mapping[str, tuple[tuple[str, Any], ...]] = field(default_factory=dict)  # label → overrides
+
+    @property
+    def categorical(self) -> bool:
+        return bool(self.choices)
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path | None
+    description: str
+    profile: str | None
+    base: Path | None
+    fixed: tuple[tuple[str, Any], ...]
+    axis: str | None
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...]
+    search_space: tuple[Param, ...]
+    sampler: str
+    objectives: tuple[Objective, ...]
+    budget: int | None
+    pruner: Mapping[str, Any] | None
+    sets: tuple[str, ...] = ()  # command-line --set overrides, applied after ``fixed`` and before arms
+
+    @property
+    def is_grid(self) -> bool:
+        return self.axis is not None
+
+    @property
+    def arm_labels(self) -> tuple[str, ...]:
+        return tuple(arm.label for arm in self.arms)
+
+    def grid(self) -> list[tuple[str, int]]:
+        """Every (arm, seed) of a grid study, seed-major: one full comparison per seed, in order."""
+        return [(arm.label, seed) for seed in self.seeds for arm in self.arms]
+
+    @property
+    def total(self) -> int:
+        return len(self.arms) * len(self.seeds) if self.is_grid else int(self.budget or 0)
+
+    def arm(self, label: str) -> Arm:
+        for arm in self.arms:
+            if arm.label == label:
+                return arm
+        raise StudyError(f"{self._where()}: no arm {label!r}; arms are {list(self.arm_labels)}")
+
+    def resolve(self, arm: str | None, seed: int, params: Mapping[str, Any] | None = None) -> ExperimentConfig:
+        """The config of one trial: profile ← base ← fixed ← --set ← arm ← sampled params ← seed."""
+        overrides: list[str | tuple[str, Any]] = [*self.fixed, *self.sets]
+        if arm is not None:
+            overrides += self.arm(arm).overrides
+        for p in self.search_space:
+            if params is None or p.name not in params:
+                continue
+            value = params[p.name]
+            overrides += p.arms[value] if p.arms else [(p.name, value)]
+        overrides.append(("train.seed", seed))
+        return load_config(self.base, overrides, profile=self.profile)
+
+    def fingerprint(self) -> str:
+        """What makes two runs the same study: everything but the description, seeds and budget (which may
+        grow between runs of one study)."""
+        identity = {
+            "profile": self.profile,
+            "base": str(self.base) if self.base else None,
+            "base_text": self.base.read_text() if self.base and self.base.is_file() else None,
+            "fixed": self.fixed,
+            "sets": self.sets,
+            "axis": self.axis,
+            "arms": [(a.label, a.overrides) for a in self.arms],
+            "search_space": [
+                (p.name, p.low, p.high, p.log, p.integer, p.choices, dict(p.arms)) for p in self.search_space
+            ],
+            "sampler": self.sampler,
+            "objectives": [(o.metric, o.direction) for o in self.objectives],
+            "pruner": dict(self.pruner) if self.pruner else None,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "file": str(self.path) if self.path else None,
+            "axis": self.axis,
+            "arms": list(self.arm_labels),
+            "seeds": list(self.seeds),
+            "profile": self.profile,
+            "sampler": self.sampler,
+            "objectives": [f"{o.direction} {o.metric}" for o in self.objectives],
+            "budget": self.total,
+            "sets": list(self.sets),
+        }
+
+    def _where(self) -> str:
+        return f"study {str(self.path) if self.path else self.name!r}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_study(
+    path: str | Path,
+    *,
+    profile: str | None = None,
+    sets: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    budget: int | None = None,
+) -> Study:
+    """Read, check and resolve a study file. ``profile``, ``sets``, ``seeds`` and ``budget`` come from the
+    command line and take precedence over the file."""
+    path = Path(path)
+    where = f"study {str(path)!r}"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise StudyError(f"{where}: cannot be read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise StudyError(f"{where}: not valid YAML{at}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{where}: must hold a mapping with at least name and axis or search_space")
+    return parse_study(raw, path=path, profile=profile, sets=sets, seeds=seeds, budget=budget)
+
+
+def parse_study(
+    raw: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    profile: str | None = None,
+    sets: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    budget: int | None = None,
+) -> Study:
+    where = f"study {str(path)!r}" if path else "study"
+
+    def fail(key: str, value: Any, allowed: str) -> StudyError:
+        return StudyError(f"{where}: {key}={value!r}: {allowed}")
+
+    unknown = sorted(set(raw) - STUDY_KEYS)
+    if unknown:
+        raise StudyError(f"{where}: unknown field(s) {unknown}; allowed {sorted(STUDY_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise fail("name", name, "a non-empty name of letters, digits, '-', '_' or '.'")
+    description = str(raw.get("description") or "").strip()
+
+    profile = profile if profile is not None else raw.get("profile")
+    if profile is not None and profile not in profile_names():
+        raise fail("profile", profile, f"allowed {profile_names()}")
+    base = raw.get("base")
+    if base is not None:
+        base = Path(base)
+        if not base.is_absolute() and path is not None and not base.exists():
+            base = path.parent / base
+        if not base.is_file():
+            raise fail("base", str(raw.get("base")), "a config file that exists (relative to the study or the cwd)")
+
+    fixed = _overrides(raw.get("fixed") or {}, f"{where}: fixed")
+
+    axis, arms = None, ()
+    if raw.get("axis") is not None:
+        axis, arms = _axis(raw["axis"], where)
+
+    seed_list = list(seeds) if seeds is not None else raw.get("seeds", [0])
+    if (
+        not isinstance(seed_list, list)
+        or not seed_list
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list)
+        or len(set(seed_list)) != len(seed_list)
+    ):
+        raise fail("seeds", seed_list, "a non-empty list of distinct integers ≥ 0")
+
+    space = tuple(_param(k, v, where) for k, v in (raw.get("search_space") or {}).items())
+    sampler = raw.get("sampler", "grid" if axis else "tpe")
+    if sampler not in SAMPLERS:
+        raise fail("sampler", sampler, f"allowed {list(SAMPLERS)}")
+    if axis is None:
+        if not space:
+            raise StudyError(f"{where}: needs an axis (a grid of arms) or a search_space (for a sampler)")
+        if sampler == "grid":
+            raise fail("sampler", sampler, "a study without an axis needs random, tpe or nsga2")
+    elif sampler == "grid" and space:
+        sampler = "random"  # the grid is arms × seeds; the nuisance parameters are drawn at random
+
+    objectives = tuple(_objective(o, where) for o in raw.get("objectives", [{"metric": "val/mIoU"}]))
+    if not objectives:
+        raise fail("objectives", [], "at least one {metric, direction}")
+    budget = budget if budget is not None else raw.get("budget")
+    if axis is None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        raise fail("budget", budget, "the number of trials (an integer ≥ 1) for a study without an axis")
+    pruner = raw.get("pruner")
+    if pruner is not None:
+        if not isinstance(pruner, dict) or pruner.get("kind") not in PRUNERS:
+            raise fail("pruner", pruner, f"null or a mapping with kind in {list(PRUNERS)}")
+        if len(objectives) > 1:
+            raise fail("pruner", pruner["kind"], "pruning needs a single objective")
+
+    # Keys the study controls cannot also be set from the command line: every arm would become the same.
+    controlled = {k for arm in arms for k, _ in arm.overrides} | {"train.seed"}
+    for p in space:
+        controlled |= {k for overrides in p.arms.values() for k, _ in overrides} if p.arms else {p.name}
+    for s in sets:
+        key = s.partition("=")[0].strip()
+        if key in controlled:
+            raise StudyError(f"{where}: --set {s!r} sets {key}, which the study varies; drop it or edit the study")
+
+    study = Study(
+        name=name,
+        path=path,
+        description=description,
+        profile=profile,
+        base=base,
+        fixed=fixed,
+        axis=axis,
+        arms=arms,
+        seeds=tuple(seed_list),
+        search_space=space,
+        sampler=sampler,
+        objectives=objectives,
+        budget=budget if axis is None else None,
+        pruner=pruner,
+        sets=tuple(sets),
+    )
+    _check_configs(study, where)
+    return study
+
+
+def _overrides(mapping: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(mapping, dict):
+        raise StudyError(f"{where}: expected a mapping of config keys to values, got {mapping!r}")
+    for key in mapping:
+        if not isinstance(key, str) or "." not in key:
+            raise StudyError(f"{where}: key {key!r}: expected a dotted config key such as backbone.output_stride")
+    return tuple((k, _freeze(v)) for k, v in mapping.items())
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _freeze(v) for k, v in value.items()}
+    return value
+
+
+def label_of(value: Any) -> str:
+    """Arm label of a config value: ``[1, 2, 4]`` → ``(1,2,4)``, ``True`` → ``true``, ``None`` → ``none``."""
+    if isinstance(value, list | tuple):
+        return "(" + ",".join(label_of(v) for v in value) + ")"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _axis(axis: Any, where: str) -> tuple[str, tuple[Arm, ...]]:
+    if not isinstance(axis, dict) or not isinstance(axis.get("name"), str):
+        raise StudyError(f"{where}: axis: expected a mapping with a name and either key + values or arms")
+    name = axis["name"]
+    extra = sorted(set(axis) - {"name", "key", "values", "arms"})
+    if extra:
+        raise StudyError(f"{where}: axis: unknown field(s) {extra}; allowed name, key, values, arms")
+    if ("arms" in axis) == ("key" in axis or "values" in axis):
+        raise StudyError(f"{where}: axis {name!r}: give either key + values or arms, not both or neither")
+    if "arms" in axis:
+        if not isinstance(axis["arms"], dict) or len(axis["arms"]) < 2:
+            raise StudyError(f"{where}: axis {name!r}: arms must map at least two labels to overrides")
+        arms = tuple(
+            Arm(str(label), _overrides(overrides or {}, f"{where}: axis {name!r} arm {label!r}"))
+            for label, overrides in axis["arms"].items()
+        )
+    else:
+        key, values = axis.get("key"), axis.get("values")
+        if not isinstance(key, str) or "." not in key:
+            raise StudyError(f"{where}: axis {name!r}: key={key!r}: expected a dotted config key")
+        if not isinstance(values, list) or len(values) < 2:
+            raise StudyError(f"{where}: axis {name!r}: values={values!r}: expected a list of at least two values")
+        arms = tuple(Arm(label_of(v), ((key, _freeze(v)),)) for v in values)
+    labels = [a.label for a in arms]
+    if len(set(labels)) != len(labels):
+        raise StudyError(f"{where}: axis {name!r}: arm labels repeat: {labels}")
+    return name, arms
+
+
+def _param(name: Any, spec: Any, where: str) -> Param:
+    what = f"{where}: search_space {name!r}"
+    if not isinstance(spec, dict):
+        raise StudyError(f"{what}: expected {{low, high[, log, int]}} or {{choices: [...] | {{label: overrides}}}}")
+    if "choices" in spec:
+        choices = spec["choices"]
+        if isinstance(choices, dict):
+            arms = {str(k): _overrides(v or {}, f"{what} choice {k!r}") for k, v in choices.items()}
+            labels = tuple(arms)
+        elif isinstance(choices, list) and choices:
+            if "." not in str(name):
+                raise StudyError(f"{what}: a list of choices needs a dotted config key as the name")
+            labels, arms = tuple(choices), {}
+            if not all(isinstance(c, str | int | float | bool) or c is None for c in choices):
+                raise StudyError(f"{what}: choices must be scalars (use {{label: overrides}} for lists)")
+        else:
+            raise StudyError(f"{what}: choices={choices!r}: a non-empty list or a mapping of labels to overrides")
+        if len(labels) < 2:
+            raise StudyError(f"{what}: choices need at least two entries")
+        return Param(str(name), choices=labels, arms=arms)
+    low, high = spec.get("low"), spec.get("high")
+    if "." not in str(name):
+        raise StudyError(f"{what}: a numeric range needs a dotted config key as the name")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        raise StudyError(f"{what}: low={low!r}, high={high!r}: two finite numbers")
+    if not low < high or (spec.get("log") and low <= 0):
+        raise StudyError(f"{what}: low={low!r}, high={high!r}: need low < high (and low > 0 with log: true)")
+    integer = bool(spec.get("int", False))
+    return Param(str(name), low=low, high=high, log=bool(spec.get("log", False)), integer=integer)
+
+
+def _objective(spec: Any, where: str) -> Objective:
+    if isinstance(spec, str):
+        spec = {"metric": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("metric"), str):
+        raise StudyError(f"{where}: objectives: {spec!r}: expected {{metric: NAME, direction: maximize|minimize}}")
+    direction = spec.get("direction", "maximize")
+    if direction not in DIRECTIONS:
+        raise StudyError(f"{where}: objective {spec['metric']!r}: direction={direction!r}: allowed {list(DIRECTIONS)}")
+    return Objective(spec["metric"], direction)
+
+
+def _check_configs(study: Study, where: str) -> None:
+    """Resolve every arm (and every categorical choice) now, so a bad value fails before any trial."""
+    seed = study.seeds[0]
+    try:
+        study.resolve(None, seed)
+    except ConfigError as error:
+        raise StudyError(f"{where}: the shared settings (profile, base, fixed, --set): {error}") from None
+    for arm in study.arms:
+        try:
+            study.resolve(arm.label, seed)
+        except ConfigError as error:
+            raise StudyError(f"{where}: arm {arm.label!r}: {error}") from None
+    for p in study.search_space:
+        samples = p.choices if p.categorical else ((int(p.low), int(p.high)) if p.integer else (p.low, p.high))
+        for value in samples:
+            try:
+                study.resolve(study.arms[0].label if study.arms else None, seed, {p.name: value})
+            except ConfigError as error:
+                raise StudyError(f"{where}: search_space {p.name!r} = {value!r}: {error}") from None
+
+
+def study_files(folder: str | Path = "sweeps") -> list[Path]:
+    return sorted(Path(folder).glob("*.yaml"))
+
+
+def arm_table(study: Study) -> Iterable[tuple[str, dict[str, Any]]]:
+    """(label, the arm's overrides) for display."""
+    for arm in study.arms:
+        yield arm.label, dict(arm.overrides)

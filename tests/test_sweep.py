@@ -1,0 +1,368 @@
+"""Sweeps end to end: real Optuna storages (SQLite, PostgreSQL), real Lightning runs, real offline W&B runs."""
+
+from __future__ import annotations
+
+import ast
+import collections
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from ablations import sweep
+from ablations.cli import main
+
+TINY_FIXED = {
+    "backbone.width": 0.125,
+    "context.channels": 16,
+    "data.image_size": 32,
+    "data.crop_size": 32,
+    "data.train_samples": 16,
+    "data.val_samples": 4,
+    "data.batch_size": 2,
+    "data.val_batch_size": 4,
+    "train.max_steps": 4,
+    "train.val_every": 2,
+    "train.log_every": 1,
+}
+
+
+def write_study(folder: Path, name: str = "tiny", *, fixed=None, axis=None, **extra) -> Path:
+    study = {
+        "name": name,
+        "description": "test study",
+        "profile": "quick",
+        "fixed": {**TINY_FIXED, **(fixed or {})},
+        "axis": axis or {"name": "multi_grid", "key": "backbone.multi_grid", "values": [[1, 1, 1], [1, 2, 4]]},
+        "seeds": [0, 1],
+        **extra,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    return tmp_path
+
+
+def stored(out_dir: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{(out_dir / 'optuna.db').resolve()}")
+
+
+def complete_keys(study: optuna.Study) -> collections.Counter:
+    return collections.Counter(
+        (t.user_attrs["arm"], t.user_attrs["seed"]) for t in study.get_trials(states=(TrialState.COMPLETE,))
+    )
+
+
+def test_grid_sweep_runs_every_arm_and_seed_once_and_prints_the_table(workdir, capsys):
+    path = write_study(workdir)
+    assert main(["sweep", str(path)]) == 0
+    printed = capsys.readouterr().out
+    out_dir = workdir / "runs" / "sweeps" / "tiny"
+    study = stored(out_dir)
+    assert complete_keys(study) == {(a, s): 1 for a in ("(1,1,1)", "(1,2,4)") for s in (0, 1)}
+    for t in study.get_trials():
+        metrics = t.user_attrs["metrics"]
+        assert 0.0 <= metrics["val/mIoU"] <= 1.0 and t.values == [metrics["val/mIoU"]]
+        for key in ("val/mIoU_small", "val/mIoU_large", "train/images_per_s", "peak_memory_mb", "params", "macs"):
+            assert key in metrics, key
+        assert metrics["receptive_field"] > 0
+        assert t.user_attrs["config"]["backbone"]["multi_grid"] == list(ast.literal_eval(t.user_attrs["arm"]))
+        assert t.user_attrs["config"]["train"]["seed"] == t.user_attrs["seed"]
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file()
+        # The offline W&B run is on disk; its record (protobuf, values as JSON) carries the group (the study),
+        # the name (arm and seed) and the config keys of the trial.
+        records = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "*.wandb"))
+        assert len(records) == 1
+        data = Path(records[0]).read_bytes()
+        name = run_dir.name.split("-", 1)[1]
+        assert name.encode() in data and b"tiny" in data
+        for key, value in (("arm", t.user_attrs["arm"]), ("seed", t.user_attrs["seed"]), ("trial", t.number)):
+            assert key.encode() in data and json.dumps(value).encode() in data
+    # Progress lines and the comparison table.
+    assert "[tiny 4/4 done" in printed and "trial 3: multi_grid = (1,2,4), seed 1" in printed
+    table = printed[printed.index("tiny: multi_grid") :]
+    assert "(1,1,1)" in table and "(1,2,4)" in table and " ± " in table
+    assert (out_dir / "summary.md").is_file() and (out_dir / "summary.json").is_file()
+
+    # Running the same command again runs nothing: completed trials are never re-run.
+    assert main(["sweep", str(path)]) == 0
+    assert len(stored(out_dir).get_trials()) == 4
+    # More seeds extend the same study; only the new arm × seed pairs run.
+    assert main(["sweep", str(path), "--seeds", "0,1,2"]) == 0
+    assert sum(complete_keys(stored(out_dir)).values()) == 6
+
+
+def test_a_study_started_with_other_settings_is_refused(workdir, capsys):
+    path = write_study(workdir)
+    assert main(["sweep", str(path), "--max-trials", "1"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--set", "train.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "was started with other settings" in err and "--study-name" in err
+    # A new name gives a new study in its own folder.
+    assert main(["sweep", str(path), "--set", "train.lr=0.5", "--study-name", "tiny-lr", "--max-trials", "1"]) == 0
+    assert (
+        len(stored(workdir / "runs" / "sweeps" / "tiny-lr", "tiny-lr").get_trials(states=(TrialState.COMPLETE,))) == 1
+    )
+
+
+def test_diverged_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(workdir, capsys):
+    axis = {"name": "lr", "arms": {"ok": {"train.lr": 0.01}, "exploding": {"train.lr": 1.0e30}}}
+    path = write_study(workdir, axis=axis, seeds=[0])
+    assert main(["sweep", str(path)]) == 0
+    printed = capsys.readouterr().out
+    study = stored(workdir / "runs" / "sweeps" / "tiny")
+    by_arm = {t.user_attrs["arm"]: t for t in study.get_trials()}
+    assert by_arm["ok"].state == TrialState.COMPLETE
+    failed = by_arm["exploding"]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["failure"]["kind"] == "diverged"
+    assert "loss is" in failed.user_attrs["failure"]["message"]
+    assert "FAILED (diverged" in printed and "1 failed (diverged)" in printed
+    # A recorded failure is a result: the next run does not repeat it, --retry-failed does.
+    assert main(["sweep", str(path)]) == 0
+    assert len(stored(workdir / "runs" / "sweeps" / "tiny").get_trials()) == 2
+    assert main(["sweep", str(path), "--retry-failed"]) == 0
+    assert len(stored(workdir / "runs" / "sweeps" / "tiny").get_trials()) == 3
+
+
+def test_out_of_memory_is_classified_from_the_real_allocator_error():
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(1 << 62, dtype=torch.uint8)  # 4 EiB: the CPU allocator refuses
+    kind, message = sweep.classify(caught.value)
+    assert kind == "out_of_memory" and "allocate" in message
+    assert sweep.classify(ValueError("x"))[0] == "error"
+
+
+def test_missing_dataset_stops_the_sweep_with_the_message(workdir, capsys):
+    path = write_study(workdir, fixed={"data.name": "voc", "data.root": str(workdir / "no-voc")})
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "no-voc" in err and "Traceback" not in err
+    study = stored(workdir / "runs" / "sweeps" / "tiny")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.user_attrs["failure"]["kind"] for t in failed] == ["bad_input"]
+    assert not study.get_trials(states=(TrialState.COMPLETE, TrialState.RUNNING))
+
+
+def test_pruning_reports_at_optimiser_steps_and_prunes(workdir, capsys):
+    fixed = {"train.max_steps": 6, "train.val_every": 2}
+    # Six steps teach nothing, so every run predicts background and scores the background share of its validation
+    # set; the second arm's validation set (another data seed) has less background, so it scores lower.
+    axis = {"name": "data", "arms": {"high": {"data.seed": 1}, "low": {"data.seed": 0}}}
+    pruner = {"kind": "percentile", "percentile": 99.0, "startup_trials": 1, "warmup_steps": 0}
+    path = write_study(workdir, fixed=fixed, axis=axis, seeds=[0], pruner=pruner)
+    assert main(["sweep", str(path)]) == 0
+    study = stored(workdir / "runs" / "sweeps" / "tiny")
+    first = study.trials[0]
+    assert first.state == TrialState.COMPLETE and sorted(first.intermediate_values) == [2, 4, 6]
+    second = study.trials[1]
+    assert second.state == TrialState.PRUNED and sorted(second.intermediate_values) == [2]
+    assert "pruned" in capsys.readouterr().out
+
+
+def test_search_study_samples_its_budget(workdir):
+    path = workdir / "search.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "search",
+                "profile": "quick",
+                "fixed": TINY_FIXED,
+                "search_space": {
+                    "backbone.output_stride": {"choices": [8, 16]},
+                    "mg": {
+                        "choices": {"a": {"backbone.multi_grid": [1, 1, 1]}, "b": {"backbone.multi_grid": [1, 2, 4]}}
+                    },
+                    "train.lr": {"low": 0.001, "high": 0.1, "log": True},
+                },
+                "sampler": "nsga2",
+                "budget": 3,
+                "objectives": [
+                    {"metric": "val/mIoU", "direction": "maximize"},
+                    {"metric": "params", "direction": "minimize"},
+                ],
+            }
+        )
+    )
+    assert main(["sweep", str(path)]) == 0
+    study = stored(workdir / "runs" / "sweeps" / "search", "search")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3
+    for t in trials:
+        config = t.user_attrs["config"]
+        assert config["backbone"]["output_stride"] == t.params["backbone.output_stride"]
+        assert config["train"]["lr"] == pytest.approx(t.params["train.lr"])
+        assert config["backbone"]["multi_grid"] == ([1, 1, 1] if t.params["mg"] == "a" else [1, 2, 4])
+        assert len(t.values) == 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Processes: kill -9, Ctrl-C, local workers, PostgreSQL
+
+
+def sweep_command(path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ablations.cli", "sweep", str(path), *extra]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def states(out_dir: Path) -> collections.Counter:
+    db = out_dir / "optuna.db"
+    if not db.exists():
+        return collections.Counter()
+    try:
+        return collections.Counter(t.state for t in stored(out_dir).get_trials())
+    except Exception:
+        return collections.Counter()
+
+
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
+def test_resume_after_an_interrupted_sweep(workdir, how):
+    # Slow enough trials that the sweep can be interrupted in the middle of one.
+    path = write_study(workdir, fixed={"train.max_steps": 40, "train.val_every": 20})
+    out_dir = workdir / "runs" / "sweeps" / "tiny"
+    process = subprocess.Popen(sweep_command(path), start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(
+            lambda: states(out_dir)[TrialState.COMPLETE] >= 1 and states(out_dir)[TrialState.RUNNING] == 1,
+            240,
+            "one done, one running",
+        )
+        before = {t.number for t in stored(out_dir).get_trials(states=(TrialState.COMPLETE,))}
+        if how == "kill -9":
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=60) == 130
+            # Ctrl-C records the interrupted trial at once.
+            assert states(out_dir)[TrialState.RUNNING] == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert main(["sweep", str(path)]) == 0
+    study = stored(out_dir)
+    assert complete_keys(study) == {(a, s): 1 for a in ("(1,1,1)", "(1,2,4)") for s in (0, 1)}
+    assert before <= {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}  # never re-run
+    interrupted = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["failure"]["kind"] == "interrupted"
+
+
+def test_local_workers_share_one_sqlite_study(workdir):
+    path = write_study(workdir, seeds=[0, 1, 2])
+    result = subprocess.run(sweep_command(path, "--workers", "2"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = stored(workdir / "runs" / "sweeps" / "tiny")
+    assert complete_keys(study) == {(a, s): 1 for a in ("(1,1,1)", "(1,2,4)") for s in (0, 1, 2)}
+    pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(pids) == 2
+    assert "tiny: multi_grid" in result.stdout  # the parent prints the table once the workers are done
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server on a free local port, in a temporary cluster, stopped afterwards."""
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql package)")
+        pytest.skip("PostgreSQL is not installed")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="ablations-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's postgres user
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = folder / "data"
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}"
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", options, "-w", "-l", str(folder / "log"), "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_run_every_arm_and_seed_exactly_once(workdir, postgres):
+    path = write_study(workdir, seeds=[0, 1, 2])
+    # Two independent sweep commands on one storage, as on two machines, started together.
+    processes = [
+        subprocess.Popen(
+            sweep_command(path, "--storage", postgres), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for p, (_out, err) in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=postgres)
+    keys = complete_keys(study)
+    assert keys == {(a, s): 1 for a in ("(1,1,1)", "(1,2,4)") for s in (0, 1, 2)}
+    # Any other trial is a queued duplicate that was recognised and ran nothing.
+    for t in study.get_trials():
+        assert t.state == TrialState.COMPLETE or t.user_attrs["failure"]["kind"] == "duplicate"
+        if t.state != TrialState.COMPLETE:
+            assert "metrics" not in t.user_attrs
+    workers = collections.Counter(
+        t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))
+    )
+    assert len(workers) == 2, workers  # both machines worked
+    # The study can be read back for the table from any machine.
+    assert main(["sweep", str(path), "--storage", postgres, "--table-only"]) == 0
+
+
+def test_unreachable_storage_is_one_clear_line(workdir, capsys):
+    path = write_study(workdir)
+    assert main(["sweep", str(path), "--storage", "postgresql+psycopg2://u:secret@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "secret" not in err and "Traceback" not in err
