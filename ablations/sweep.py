@@ -612,7 +612,15 @@ def work(
                 return ran
             time.sleep(poll_s)  # others are running the rest; wait in case one of them dies
             continue
-        run_trial(study, optuna_study, trial, out_dir, progress, study_name)
+        try:
+            run_trial(study, optuna_study, trial, out_dir, progress, study_name)
+        except (KeyboardInterrupt, SystemExit):
+            # Interrupted before run_trial recorded it (e.g. while resolving the config): record it here.
+            if optuna_study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                mark_failed(
+                    optuna_study, trial._trial_id, "interrupted", "interrupted by the user (Ctrl-C) or a signal"
+                )
+            raise
         ran += 1
     return ran
 
