@@ -187,7 +187,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     except (sweep.SweepError, StudyError) as error:
         return _error(error)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C inside a fit into SystemExit(1)
         print("\nablations: interrupted; run the same command again to continue the study", file=sys.stderr)
         return 130
 

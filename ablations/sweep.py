@@ -596,6 +596,28 @@ def work(
     """One worker: claim and run trials until the study is done. Returns how many trials this worker ran."""
     quiet_libraries()
     progress = Progress(study, optuna_study, workers=workers, printer=printer)
+    # Ctrl-C raises KeyboardInterrupt as usual; the flag also stops the sweep after the current trial when a
+    # library on the way (W&B, a data loader) swallows the exception and lets the trial finish.
+    requested = threading.Event()
+
+    def on_interrupt(signum, frame):
+        requested.set()
+        signal.default_int_handler(signum, frame)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    try:
+        return _work_loop(
+            study, optuna_study, out_dir, study_name, progress, requested, retry_failed, max_trials, poll_s, printer
+        )
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _work_loop(
+    study, optuna_study, out_dir, study_name, progress, requested, retry_failed, max_trials, poll_s, printer
+):
     ran = 0
     while max_trials is None or ran < max_trials:
         reaped = reap_interrupted(optuna_study)
@@ -622,6 +644,8 @@ def work(
                 )
             raise
         ran += 1
+        if requested.is_set():
+            raise KeyboardInterrupt
     return ran
 
 

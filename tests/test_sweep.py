@@ -277,7 +277,9 @@ def test_resume_after_an_interrupted_sweep(workdir, how):
     assert complete_keys(study) == {(a, s): 1 for a in ("(1,1,1)", "(1,2,4)") for s in (0, 1)}
     assert before <= {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}  # never re-run
     interrupted = [t for t in study.get_trials() if t.state == TrialState.FAIL]
-    assert len(interrupted) == 1 and interrupted[0].user_attrs["failure"]["kind"] == "interrupted"
+    assert all(t.user_attrs["failure"]["kind"] == "interrupted" for t in interrupted)
+    # kill -9 always leaves the running trial behind; Ctrl-C may land where the trial still finishes cleanly.
+    assert len(interrupted) == 1 if how == "kill -9" else len(interrupted) <= 1
 
 
 def test_local_workers_share_one_sqlite_study(workdir):
