@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,9 +433,3 @@ def _check_configs(study: Study, where: str) -> None:
 
 def study_files(folder: str | Path = "sweeps") -> list[Path]:
     return sorted(Path(folder).glob("*.yaml"))
-
-
-def arm_table(study: Study) -> Iterable[tuple[str, dict[str, Any]]]:
-    """(label, the arm's overrides) for display."""
-    for arm in study.arms:
-        yield arm.label, dict(arm.overrides)

@@ -43,6 +43,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ablations.study import Study, StudyError
+from ablations.train import json_safe as _json_safe
 
 FINISHED_FAILURES = ("diverged", "out_of_memory", "error")  # recorded results: never re-run by default
 RETRIED_FAILURES = ("interrupted", "bad_input")  # re-run when the sweep runs again
@@ -555,16 +556,6 @@ def _short(value: Any) -> str:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text).strip("_")[:80] or "trial"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _release_memory() -> None:

@@ -127,13 +127,14 @@ def peak_memory_mb(module: pl.LightningModule) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak resident set of this process (KiB)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Non-finite floats → None, recursively, so that the value is valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -210,5 +211,5 @@ def train(
     logger.finalize("success")
     if hasattr(logger.experiment, "finish"):
         logger.experiment.finish()
-    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
     return metrics
