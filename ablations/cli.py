@@ -142,7 +142,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     started = float(inherited) if inherited else time.time()
     retry = started if args.retry_failed else None
     try:
-        url = sweep.storage_url(study, out_dir, args.storage)
+        url = sweep.storage_url(out_dir, args.storage)
         sweep.check_storage_reachable(url)
         storage = sweep.open_storage(url)
         optuna_study = sweep.open_study(study, storage, name)
@@ -154,7 +154,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
                 f"study {name}: {study.total} trials ({len(study.arms)} arms × {len(study.seeds)} seeds)"
                 if study.is_grid
                 else f"study {name}: {study.total} trials sampled by {study.sampler}",
-                f"· profile {study.profile} · storage {sweep._redact(url)} · run folder {out_dir}",
+                f"· profile {study.profile} · storage {sweep.redact(url)} · run folder {out_dir}",
                 flush=True,
             )
         if args.workers > 1 and not args.worker:

@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ablations.study import Study, StudyError
+from ablations.study import Study
 from ablations.train import json_safe as _json_safe
 
 FINISHED_FAILURES = ("diverged", "out_of_memory", "error")  # recorded results: never re-run by default
@@ -83,7 +83,7 @@ def default_out_dir(study: Study) -> Path:
     return Path("runs") / "sweeps" / study.name
 
 
-def storage_url(study: Study, out_dir: Path, url: str | None) -> str:
+def storage_url(out_dir: Path, url: str | None) -> str:
     if url:
         return url
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,11 +107,12 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S
                 time.sleep(0.5 + attempt)
                 continue
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise SweepError(f"--storage {_redact(url)}: cannot open ({type(error).__name__}: {first})") from None
+            raise SweepError(f"--storage {redact(url)}: cannot open ({type(error).__name__}: {first})") from None
     raise AssertionError("unreachable")
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for messages."""
     scheme, sep, rest = url.partition("://")
     if sep and "@" in rest:
         credentials, _, host = rest.rpartition("@")
@@ -135,10 +136,7 @@ def open_study(study: Study, storage: optuna.storages.RDBStorage, study_name: st
     fingerprint = study.fingerprint()
     if "fingerprint" not in attrs:
         optuna_study.set_user_attr("fingerprint", fingerprint)
-        optuna_study.set_user_attr("study", study.describe())
-        optuna_study.set_user_attr("axis", study.axis)
-        optuna_study.set_user_attr("arms", list(study.arm_labels))
-        optuna_study.set_user_attr("objectives", [o.metric for o in study.objectives])
+        optuna_study.set_user_attr("study", study.describe())  # axis, arms, seeds, objectives, profile, --set
     elif attrs["fingerprint"] != fingerprint:
         before = attrs.get("study", {})
         raise SweepError(
@@ -651,7 +649,6 @@ def spawn_workers(argv: Sequence[str], workers: int, *, started: float | None = 
     for index in range(workers):
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(threads))
-        env["ABLATIONS_WORKER"] = str(index)
         env["ABLATIONS_SWEEP_STARTED"] = str(started or time.time())
         if gpus >= workers and "CUDA_VISIBLE_DEVICES" not in os.environ:
             env["CUDA_VISIBLE_DEVICES"] = str(index)
@@ -795,11 +792,10 @@ def check_storage_reachable(url: str) -> None:
         engine.dispose()
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SweepError(f"--storage {_redact(url)}: cannot connect ({first})") from None
+        raise SweepError(f"--storage {redact(url)}: cannot connect ({first})") from None
 
 
 __all__ = [
-    "StudyError",
     "SweepError",
     "check_storage_reachable",
     "claim",
@@ -808,6 +804,7 @@ __all__ = [
     "open_storage",
     "open_study",
     "reap_interrupted",
+    "redact",
     "run_trial",
     "spawn_workers",
     "storage_url",
