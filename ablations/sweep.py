@@ -245,15 +245,21 @@ def mark_failed(study: optuna.Study, trial_id: int, kind: str, message: str) -> 
         return False
 
 
-def reap_interrupted(study: optuna.Study) -> list[int]:
+def reap_interrupted(study: optuna.Study, *, grace: float = GRACE_S) -> list[int]:
     """Mark trials whose worker is gone as failed (``interrupted``) so that their arm × seed runs again."""
     reaped = []
+    now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
         if _worker_gone(worker):
             message = f"interrupted: worker pid {worker['pid']} on {worker['host']} is gone"
-            if mark_failed(study, trial._trial_id, "interrupted", message):
-                reaped.append(trial.number)
+        elif worker is None and trial.datetime_start and now - trial.datetime_start.timestamp() > grace:
+            # Claimed, then its worker died before it could write down who it is: nothing else will ever end it.
+            message = f"interrupted: claimed {now - trial.datetime_start.timestamp():.0f} s ago by an unknown worker"
+        else:
+            continue
+        if mark_failed(study, trial._trial_id, "interrupted", message):
+            reaped.append(trial.number)
     # Workers on other machines: Optuna's heartbeat. A trial with no heartbeat for the grace period is failed.
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with warnings.catch_warnings():
@@ -291,6 +297,8 @@ def claim(study: Study, optuna_study: optuna.Study, *, retry_failed: float | Non
         for candidate in sorted(waiting, key=lambda t: t.number):
             if not storage.set_trial_state_values(candidate._trial_id, TrialState.RUNNING):
                 continue  # another worker took it first
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(candidate._trial_id)  # from now on Optuna's stale-trial check covers it
             storage.set_trial_user_attr(candidate._trial_id, "worker", worker_identity())
             key = key_of(candidate)
             same = [

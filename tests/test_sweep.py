@@ -248,6 +248,28 @@ def states(out_dir: Path) -> collections.Counter:
         return collections.Counter()
 
 
+def test_a_claim_whose_worker_died_before_naming_itself_is_reaped_after_the_grace(workdir):
+    from ablations.study import load_study
+
+    study = load_study(write_study(workdir))
+    storage = sweep.open_storage(f"sqlite:///{workdir / 'orphan.db'}")
+    optuna_study = sweep.open_study(study, storage, "tiny")
+    assert sweep.top_up(study, optuna_study) == 4
+    # A worker takes a queued trial (the atomic WAITING -> RUNNING step) and dies before writing "worker".
+    orphan = optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
+    assert storage.set_trial_state_values(orphan._trial_id, TrialState.RUNNING)
+    assert sweep.reap_interrupted(optuna_study) == []  # inside the grace period it may still be starting
+    assert sweep.reap_interrupted(optuna_study, grace=0) == [orphan.number]
+    failed = storage.get_trial(orphan._trial_id)
+    assert failed.state == TrialState.FAIL and failed.user_attrs["failure"]["kind"] == "interrupted"
+    assert sweep.top_up(study, optuna_study) == 1  # its arm x seed is queued again
+    # A claim through the sweep names its worker at once, so it is never taken for an orphan.
+    claimed = sweep.claim(study, optuna_study)
+    assert claimed is not None
+    assert storage.get_trial(claimed._trial_id).user_attrs["worker"]["pid"] == os.getpid()
+    assert sweep.reap_interrupted(optuna_study, grace=0) == []
+
+
 @pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
 def test_resume_after_an_interrupted_sweep(workdir, how):
     # Slow enough trials that the sweep can be interrupted in the middle of one.
