@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 PROFILE ?= quick
 
-.PHONY: install test lint format describe train bench-lightning clean sweep sweep-all
+.PHONY: install test lint format describe train bench bench-gpu bench-lightning clean sweep sweep-all
 
 # Sweeps: one target per study file in sweeps/ (make sweep-multigrid, make sweep-output_stride, …).
 # PROFILE=paper DATA=voc DATA_ROOT=/data/voc STORAGE=postgresql://… WORKERS=4 SEEDS=0,1,2 ARGS="--set …"
@@ -48,6 +48,17 @@ train: $(STAMP)
 	$(BIN)/ablations train --profile $(PROFILE) $(ARGS)
 
 # Lightning's overhead against a plain PyTorch loop on the same model and batches (prints the ratio).
+# Throughput of the standard configs (OS 8/16/32 × ASPP × decoder), plain and fast path, and of the peers with
+# the ratios; on the machine's GPU when it has one, else the CPU. make bench ARGS="--batch-sizes 1,8"
+bench: $(STAMP)
+	$(BIN)/ablations bench --standard --peers --fast $(ARGS) --out reports/bench.md
+
+# The same on a GPU at 513×513, batches 1 and 8, plus a training step of the paper profile (MFU).
+bench-gpu: $(STAMP)
+	$(BIN)/ablations bench --device cuda --standard --peers --fast --batch-sizes 1,8 $(ARGS) --out reports/bench-gpu.md
+	$(BIN)/ablations bench --device cuda --profile paper --mode train --fast --batch-sizes 8 $(ARGS) \
+		--out reports/bench-gpu-train.md
+
 bench-lightning: $(STAMP)
 	$(BIN)/python benchmarks/lightning_overhead.py --profile $(PROFILE)
 

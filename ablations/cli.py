@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -45,6 +46,27 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one config; writes config, best checkpoint and metrics.json")
     _config_arguments(train)
     train.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-<date>-<time>)")
+    bench = commands.add_parser(
+        "bench", help="images/s, latency, peak memory, params and MACs of a config (and the peers, --peers)"
+    )
+    _config_arguments(bench)
+    bench.add_argument(
+        "--input-size", nargs=2, type=_positive, metavar=("H", "W"), help="default 513 513 on a GPU, 256 256 on a CPU"
+    )
+    bench.add_argument("--batch-sizes", type=_batch_list, default=[1], metavar="B,B,...", help="default 1")
+    bench.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype")
+    bench.add_argument("--channels-last", action="store_true", help="model and inputs in channels-last layout")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model (compiled in the warm-up)")
+    bench.add_argument("--mode", choices=("infer", "train"), default="infer", help="forward only, or a training step")
+    bench.add_argument("--fast", action="store_true", help="also time the fast path (see README) next to the plain one")
+    bench.add_argument("--peers", action="store_true", help="also time torchvision's and smp's DeepLabs, with ratios")
+    bench.add_argument("--standard", action="store_true", help="the standard configs: OS 8/16/32 × ASPP × decoder")
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bench.add_argument("--warmup", type=_positive, help="untimed steps first (default 10 on a GPU, 2 on a CPU)")
+    bench.add_argument("--iters", type=_positive, help="timed steps per repeat (default 50 on a GPU, 5 on a CPU)")
+    bench.add_argument("--repeats", type=_positive, help="repeats; images/s is their median (default 3)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    bench.add_argument("--out", metavar="FILE", help="also write the table (Markdown) to FILE")
     sweep = commands.add_parser(
         "sweep", help="run a study file (sweeps/*.yaml): every arm × seed, or a sampler's budget, then the table"
     )
@@ -66,6 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _batch_list(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. 1,8") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers ≥ 1")
+    return sizes
+
+
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -85,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sweep":
         return _sweep(args, sys.argv[1:] if argv is None else list(argv))
+    if args.command == "bench":
+        return _bench(args)
     try:
         config = load_config(args.config, args.overrides, profile=args.profile)
     except ConfigError as error:
@@ -121,6 +155,59 @@ def _train(config: ExperimentConfig, out: str | None) -> int:
         f"{metrics['wall_time_s']:.0f} s in all; wrote {out_dir}/metrics.json"
     )
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ablations import bench
+
+    try:
+        configs = bench.configs_from(args.config, args.overrides, args.profile, args.standard)
+        device = bench.resolve_device(args.device)
+        input_size = tuple(args.input_size) if args.input_size else bench.default_input(device)
+        counts = bench.default_counts(device)
+        plain = bench.Method(
+            mode=args.mode,
+            precision=args.precision,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            warmup=args.warmup or counts["warmup"],
+            iters=args.iters or counts["iters"],
+            repeats=args.repeats or counts["repeats"],
+        )
+        methods = [plain, bench.fast_method(plain, device)] if args.fast else [plain]
+    except (ConfigError, bench.BenchError) as error:
+        return _error(error)
+    printer = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    printer(
+        f"bench: {len(configs)} config(s){' + peers' if args.peers else ''} on {device.type}, input "
+        f"{input_size[0]}×{input_size[1]}, batch {','.join(map(str, args.batch_sizes))}, "
+        f"{' / '.join(m.label() for m in methods)}; {plain.warmup} warm-up steps, {plain.repeats} × {plain.iters} "
+        "timed"
+    )
+    result = bench.run(
+        configs,
+        device=device,
+        input_size=input_size,
+        batch_sizes=args.batch_sizes,
+        methods=methods,
+        peers=args.peers,
+        printer=printer,
+    )
+    result["input_size"] = list(input_size)
+    result["methods"] = [dataclasses.asdict(m) for m in methods]
+    table = bench.format_report(result)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print()
+        print(table)
+        if args.out:
+            print(f"\nwrote {args.out}")
+    failed = [row for row in result["rows"] if "error" in row]
+    return 1 if failed and len(failed) == len(result["rows"]) else 0
 
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:

@@ -296,6 +296,9 @@ class DataConfig:
             )
 
 
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     seed: int = _field(0, "seed of initialisation, sampling and augmentation; same seed + config → same mIoU")
@@ -312,7 +315,14 @@ class TrainConfig:
     log_every: int = _field(10, "log loss and learning rate every N steps")
     accelerator: str = _field("auto", "Lightning accelerator: auto | cpu | gpu")
     devices: int = _field(1, "devices per trial (DDP through Lightning when > 1)")
-    precision: str = _field("32-true", "Lightning precision: 32-true | bf16-mixed | 16-mixed")
+    precision: str = _field(
+        "auto", "Lightning precision: auto (bf16-mixed on a GPU that has bf16, else 32-true) | 32-true | bf16-mixed | …"
+    )
+    channels_last: bool | None = _field(None, "channels-last layout for model and images; null = on with a GPU")
+    compile: bool = _field(False, "torch.compile the network (compiles in the first steps; recompiles per eval OS)")
+    cudnn_benchmark: bool | None = _field(
+        None, "cuDNN autotuning of conv algorithms; null = on with a GPU (GPU runs are then not bit-reproducible)"
+    )
 
     def __post_init__(self) -> None:
         _require(self.max_steps >= 1, "train.max_steps", self.max_steps, "an integer ≥ 1")
@@ -334,7 +344,26 @@ class TrainConfig:
         _require(self.log_every >= 1, "train.log_every", self.log_every, "an integer ≥ 1")
         _choice("train.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
         _require(self.devices >= 1, "train.devices", self.devices, "an integer ≥ 1")
-        _choice("train.precision", self.precision, ("32-true", "bf16-mixed", "16-mixed", "bf16-true"))
+        _choice("train.precision", self.precision, PRECISIONS)
+
+    def uses_gpu(self) -> bool:
+        """Whether runs of this config train on a CUDA GPU (``accelerator`` auto picks one when present)."""
+        import torch
+
+        return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
+
+    def resolved_precision(self, gpu: bool) -> str:
+        if self.precision != "auto":
+            return self.precision
+        import torch
+
+        return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+    def resolved_channels_last(self, gpu: bool) -> bool:
+        return gpu if self.channels_last is None else self.channels_last
+
+    def resolved_cudnn_benchmark(self, gpu: bool) -> bool:
+        return gpu if self.cudnn_benchmark is None else self.cudnn_benchmark
 
 
 @dataclass(frozen=True, kw_only=True)

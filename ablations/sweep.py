@@ -61,6 +61,9 @@ KEPT_METRICS = (
     "train/images_per_s",
     "train/step_time_s",
     "train/mfu",
+    "precision",
+    "channels_last",
+    "compile",
     "peak_memory_mb",
     "params",
     "best_step",
@@ -536,6 +539,7 @@ def run_trial(
     finally:
         _release_memory()
     kept = {k: metrics[k] for k in KEPT_METRICS if k in metrics}
+    kept.update(_inference_figures(config))
     kept.update({k: v for k, v in metrics.items() if k.startswith("val/IoU/")})
     kept.update(stats)
     storage.set_trial_user_attr(tid, "metrics", _json_safe(kept))
@@ -554,6 +558,19 @@ def run_trial(
         + f", {time.time() - started:.0f} s"
     )
     return "COMPLETE"
+
+
+def _inference_figures(config) -> dict[str, Any]:
+    """The trial's inference cost as it evaluates (``ablations.bench.inference_figures``); a failure is recorded,
+    never fatal: the trained result stands."""
+    from ablations.bench import inference_figures
+
+    try:
+        return inference_figures(config)
+    except Exception as error:  # a measurement, not the result
+        return {"infer/error": f"{type(error).__name__}: {str(error)[:200]}"}
+    finally:
+        _release_memory()
 
 
 def _short(value: Any) -> str:
@@ -713,11 +730,18 @@ def comparison(study: Study, optuna_study: optuna.Study) -> list[dict[str, Any]]
         failed = [r for r in rows if r["arm"] == arm and r["state"] == "FAIL" and r["failure"] in FINISHED_FAILURES]
         pruned = [r for r in rows if r["arm"] == arm and r["state"] == "PRUNED"]
         entry: dict[str, Any] = {"arm": arm, "runs": len(done), "failed": len(failed), "pruned": len(pruned)}
-        for metric in ("val/mIoU", "val/mIoU_small", "val/mIoU_medium", "val/mIoU_large", "train/images_per_s"):
+        for metric in (
+            "val/mIoU",
+            "val/mIoU_small",
+            "val/mIoU_medium",
+            "val/mIoU_large",
+            "train/images_per_s",
+            "infer/images_per_s",
+        ):
             values = [r[metric] for r in done if isinstance(r.get(metric), int | float)]
             entry[metric] = statistics.fmean(values) if values else None
             entry[metric + ":std"] = statistics.stdev(values) if len(values) > 1 else None
-        for metric in ("macs", "params", "receptive_field", "peak_memory_mb"):
+        for metric in ("macs", "params", "receptive_field", "peak_memory_mb", "infer/macs"):
             values = [r[metric] for r in done if isinstance(r.get(metric), int | float)]
             entry[metric] = statistics.fmean(values) if values else None
         entry["failures"] = sorted({r["failure"] for r in failed})
@@ -736,7 +760,19 @@ def format_table(study: Study, table: list[dict[str, Any]], *, study_name: str) 
         return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
 
     best = max((e for e in table if e["val/mIoU"] is not None), key=lambda e: e["val/mIoU"], default=None)
-    header = ["arm", "runs", "mIoU (mean ± std)", "small", "medium", "large", "img/s", "GMACs", "params (M)", "notes"]
+    header = [
+        "arm",
+        "runs",
+        "mIoU (mean ± std)",
+        "small",
+        "medium",
+        "large",
+        "train img/s",
+        "infer img/s",
+        "GMACs",
+        "params (M)",
+        "notes",
+    ]
     lines = []
     for e in table:
         notes = []
@@ -755,20 +791,22 @@ def format_table(study: Study, table: list[dict[str, Any]], *, study_name: str) 
                 num(e["val/mIoU_medium"], ".3f"),
                 num(e["val/mIoU_large"], ".3f"),
                 num(e["train/images_per_s"], ".1f"),
+                num(e["infer/images_per_s"], ".1f"),
                 num(e["macs"] / 1e9 if e["macs"] is not None else None, ".3f"),
                 num(e["params"] / 1e6 if e["params"] is not None else None, ".2f"),
                 "; ".join(notes),
             ]
         )
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:{'<' if i in (0, 9) else '>'}{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:{'<' if i in (0, len(header) - 1) else '>'}{w}}}" for i, w in enumerate(widths))
     title = f"{study_name}: {study.axis or 'search'} — {study.description.splitlines()[0] if study.description else ''}"
     out = [title.rstrip(" —"), fmt.format(*header), fmt.format(*["-" * w for w in widths])]
     out += [fmt.format(*row) for row in lines]
     seeds = ", ".join(map(str, study.seeds))
     out.append(
-        f"mIoU and per-size mIoU (small/medium/large objects) are means over seeds {seeds}; img/s is training "
-        "throughput; GMACs per image at the training crop."
+        f"mIoU and per-size mIoU (small/medium/large objects) are means over seeds {seeds}; train img/s: "
+        "optimisation steps only; infer img/s: the arm's evaluation (its eval output stride, scales and flip) at "
+        "the training crop and evaluation batch; GMACs: one training-stride forward pass per image at the crop."
     )
     return "\n".join(out)
 

@@ -66,9 +66,24 @@ class SegmentationSystem(pl.LightningModule):
         )
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self.channels_last = False
+        self.__dict__["network"] = self.model  # what runs: the model, or its torch.compile wrapper (unregistered)
+
+    def on_fit_start(self) -> None:
+        # The fast path, once the device is known (train.channels_last, train.compile).
+        t = self.config.train
+        self.channels_last = t.resolved_channels_last(self.device.type == "cuda")
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if t.compile:
+            self.__dict__["network"] = torch.compile(self.model)
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        images = (images - self.mean) / self.std
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] → (B, C, H, W) logits
-        return self.model((images - self.mean) / self.std)
+        return self.__dict__["network"](self._normalise(images))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -90,9 +105,11 @@ class SegmentationSystem(pl.LightningModule):
         self.model.set_output_stride(self.config.eval_output_stride)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
-        images = (batch["image"] - self.mean) / self.std
         probabilities = predict_probabilities(
-            self.model, images, scales=self.config.eval.scales, flip=self.config.eval.flip
+            self.__dict__["network"],
+            self._normalise(batch["image"]),
+            scales=self.config.eval.scales,
+            flip=self.config.eval.flip,
         )
         self.val_metrics.update(probabilities.argmax(1), batch["mask"], batch.get("size"))
 

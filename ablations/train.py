@@ -112,6 +112,10 @@ class Throughput(pl.Callback):
 def device_name(module: pl.LightningModule) -> str:
     if module.device.type == "cuda":
         return torch.cuda.get_device_name(module.device)
+    return cpu_name()
+
+
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -166,6 +170,8 @@ def train(
         mode="max",
         save_top_k=t.checkpoints,
     )
+    gpu = t.uses_gpu()
+    precision = t.resolved_precision(gpu)
     throughput = Throughput()
     logger = make_logger(config, out_dir, name=name, group=group, extra=wandb_extra)
     trainer = pl.Trainer(
@@ -175,7 +181,8 @@ def train(
         num_sanity_val_steps=0,
         accelerator=t.accelerator,
         devices=t.devices,
-        precision=t.precision,
+        precision=precision,
+        benchmark=t.resolved_cudnn_benchmark(gpu),
         logger=logger,
         callbacks=[checkpoint, throughput, *callbacks],
         log_every_n_steps=t.log_every,
@@ -200,6 +207,9 @@ def train(
         "peak_memory_mb": peak_memory_mb(system),
         "params": sum(p.numel() for p in system.model.parameters()),
         "device": device_name(system),
+        "precision": precision,
+        "channels_last": system.channels_last,
+        "compile": t.compile,
         "seed": t.seed,
         "best_checkpoint": checkpoint.best_model_path,
         "wall_time_s": time.perf_counter() - started,

@@ -87,6 +87,8 @@ def test_grid_sweep_runs_every_arm_and_seed_once_and_prints_the_table(workdir, c
         assert 0.0 <= metrics["val/mIoU"] <= 1.0 and t.values == [metrics["val/mIoU"]]
         for key in ("val/mIoU_small", "val/mIoU_large", "train/images_per_s", "peak_memory_mb", "params", "macs"):
             assert key in metrics, key
+        assert metrics["infer/images_per_s"] > 0 and metrics["infer/macs"] == metrics["macs"]
+        assert metrics["precision"] == "32-true" and metrics["channels_last"] is False
         assert metrics["receptive_field"] > 0
         assert t.user_attrs["config"]["backbone"]["multi_grid"] == list(ast.literal_eval(t.user_attrs["arm"]))
         assert t.user_attrs["config"]["train"]["seed"] == t.user_attrs["seed"]

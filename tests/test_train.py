@@ -193,3 +193,33 @@ def test_the_config_knows_the_synthetic_class_count():
     from ablations.data.synthetic import SyntheticShapes
 
     assert NUM_CLASSES["synthetic"] == SyntheticShapes(num_samples=1).num_classes == load_config().head.num_classes
+
+
+def test_precision_and_layout_resolve_per_device():
+    t = load_config().train
+    assert t.precision == "auto" and t.channels_last is None and t.cudnn_benchmark is None and not t.compile
+    assert t.resolved_precision(gpu=False) == "32-true"
+    assert t.resolved_channels_last(gpu=False) is False and t.resolved_channels_last(gpu=True) is True
+    assert t.resolved_cudnn_benchmark(gpu=True) is True
+    assert load_config(overrides=["train.precision=16-mixed"]).train.resolved_precision(gpu=True) == "16-mixed"
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        assert t.resolved_precision(gpu=True) == "bf16-mixed"
+
+
+@pytest.mark.parametrize("setting", ["train.channels_last=true", "train.compile=true"])
+def test_the_fast_path_trains_and_evaluates_like_the_plain_one(tmp_path, setting):
+    plain = run(tmp_path, name="plain")
+    fast = run(tmp_path, setting, name="fast")
+    key = setting.split("=")[0].split(".")[1]
+    assert fast[key] is True and plain[key] is False
+    assert plain["precision"] == fast["precision"] == "32-true"  # on a CPU
+    # Same seed, same data, same maths in another memory layout or compiled: the same predictions up to
+    # floating-point reassociation.
+    for a, b in zip(plain["history"], fast["history"], strict=True):
+        assert b["val/mIoU"] == pytest.approx(a["val/mIoU"], abs=0.02)
+    from ablations.system import SegmentationSystem
+
+    restored = SegmentationSystem.load_from_checkpoint(fast["best_checkpoint"], map_location="cpu")
+    assert set(restored.state_dict()) == set(
+        SegmentationSystem.load_from_checkpoint(plain["best_checkpoint"]).state_dict()
+    )
