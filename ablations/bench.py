@@ -12,10 +12,14 @@ Method (MMSegmentation's FPS protocol, tightened; ``reference/peers.md``):
   asynchronous launches cannot make a step look faster than it is;
 * ``repeats`` repeats of ``iters`` steps: images/s is the median over repeats of (images / time of the repeat),
   latency the median and 90th percentile over every timed step;
-* peak memory on a GPU is ``torch.cuda.max_memory_allocated`` during the warm-up and timed steps (weights,
-  inputs, activations, and in training gradients and optimiser state); on a CPU it is the peak resident memory
-  the steps add above the resident memory just before them (Linux ``VmHWM`` after resetting it, with freed heap
-  returned to the system first), so weights and inputs are not in it;
+* models compared with each other (a config under several methods, ours and a peer) are all prepared and
+  warmed up, then timed **interleaved**, repeat by repeat (A, B, A, B, …), so that a shared machine that slows
+  down mid-run shifts all of them alike;
+* peak memory on a GPU is the model's weights and inputs plus the most that ``torch.cuda.max_memory_allocated``
+  rose above the allocation at the start of any of its warm-up or timed segments (activations, and in training
+  gradients and optimiser state); on a CPU it is the most resident memory its steps added above the resident
+  memory at the start of a segment (Linux ``VmHWM`` after resetting it, freed heap returned to the system
+  first), so weights and inputs are not in it;
 * multiply-adds are counted per image of one forward pass (``torch.utils.flop_counter`` on a meta copy, so
   nothing is computed); on a GPU the model FLOP utilisation is the FLOPs of one step (training: forward and
   backward) over the step's median time over the device's peak (Lightning's ``get_available_flops``).
@@ -95,6 +99,63 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Stepper:
+    """A step function and its inputs, taken in rotation, run under the timing protocol."""
+
+    def __init__(
+        self,
+        step: Callable[[Any], Any],
+        inputs: Sequence[Any],
+        device: torch.device,
+        *,
+        sync: Callable[[torch.device], None] = synchronize,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.step, self.inputs, self.device, self.sync, self.clock = step, inputs, device, sync, clock
+        self.calls = 0
+
+    def _next(self) -> Any:
+        value = self.inputs[self.calls % len(self.inputs)]
+        self.calls += 1
+        return value
+
+    def warm_up(self, steps: int) -> float:
+        """Run ``steps`` untimed steps; returns the time of the first one (compilation, autotuning…)."""
+        self.sync(self.device)
+        start = self.clock()
+        self.step(self._next())
+        self.sync(self.device)
+        first = self.clock() - start
+        for _ in range(steps - 1):
+            self.step(self._next())
+        self.sync(self.device)
+        return first
+
+    def timed(self, iters: int) -> list[float]:
+        """``iters`` steps, each between two device synchronisations; their times in seconds."""
+        times = []
+        for _ in range(iters):
+            x = self._next()
+            self.sync(self.device)
+            start = self.clock()
+            self.step(x)
+            self.sync(self.device)
+            times.append(self.clock() - start)
+        return times
+
+
+def summarise(times: Sequence[float], per_repeat: Sequence[float], first_step: float) -> dict[str, Any]:
+    ordered = sorted(times)
+    return {
+        "images_per_s": statistics.median(per_repeat),
+        "images_per_s_repeats": list(per_repeat),
+        "latency_ms": 1000 * statistics.median(times),
+        "latency_p90_ms": 1000 * ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)],
+        "first_step_s": first_step,
+        "step_times_s": list(times),
+    }
+
+
 def time_steps(
     step: Callable[[Any], Any],
     inputs: Sequence[Any],
@@ -109,75 +170,52 @@ def time_steps(
 ) -> dict[str, Any]:
     """Run ``step`` on ``inputs`` in rotation: ``warmup`` untimed steps, then ``repeats`` × ``iters`` timed ones,
     each between two device synchronisations. Returns the per-step times and the summary figures."""
-    calls = 0
-
-    def next_input():
-        nonlocal calls
-        value = inputs[calls % len(inputs)]
-        calls += 1
-        return value
-
-    sync(device)
-    start = clock()
-    step(next_input())
-    sync(device)
-    first_step = clock() - start
-    for _ in range(warmup - 1):
-        step(next_input())
-    sync(device)
+    stepper = Stepper(step, inputs, device, sync=sync, clock=clock)
+    first = stepper.warm_up(warmup)
     times: list[float] = []
     per_repeat: list[float] = []
     for _ in range(repeats):
-        repeat_times = []
-        for _ in range(iters):
-            x = next_input()
-            sync(device)
-            start = clock()
-            step(x)
-            sync(device)
-            repeat_times.append(clock() - start)
-        times += repeat_times
-        per_repeat.append(images_per_step * iters / sum(repeat_times))
-    ordered = sorted(times)
-    return {
-        "images_per_s": statistics.median(per_repeat),
-        "images_per_s_repeats": per_repeat,
-        "latency_ms": 1000 * statistics.median(times),
-        "latency_p90_ms": 1000 * ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)],
-        "first_step_s": first_step,
-        "step_times_s": times,
-    }
+        repeat = stepper.timed(iters)
+        times += repeat
+        per_repeat.append(images_per_step * iters / sum(repeat))
+    return summarise(times, per_repeat, first)
 
 
 class PeakMemory:
-    """Peak memory of the steps run inside the ``with`` block, in MiB (see the module docstring)."""
+    """Memory the steps inside the ``with`` block add at their peak above what was allocated (GPU) or resident
+    (CPU) when it began, in MiB; see the module docstring."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.peak_mb: float | None = None
+        self.extra_mb: float | None = None
+        self._before: float | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            self._before = _proc_status_kb("VmRSS")
-            try:
-                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-                self._reset = True
-            except OSError:
-                self._reset = False
+            self._before = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system, so it is not counted as free
+        before = _proc_status_kb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        except OSError:
+            return self  # not Linux, or not allowed: no CPU figure
+        self._before = None if before is None else before / 1024
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._before is None:
+            return
         if self.device.type == "cuda":
             synchronize(self.device)
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif self._reset and self._before is not None:
-            peak = _proc_status_kb("VmHWM")
-            self.peak_mb = None if peak is None else max(0, peak - self._before) / 1024
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            kb = _proc_status_kb("VmHWM")
+            peak = None if kb is None else kb / 1024
+        self.extra_mb = None if peak is None else max(0.0, peak - self._before)
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -280,6 +318,156 @@ def make_step(model: nn.Module, method: Method, device: torch.device, num_classe
     return train_step
 
 
+@dataclasses.dataclass
+class _Entry:
+    row: dict[str, Any]
+    method: Method
+    stepper: Stepper | None = None
+    flops_per_step: int = 0
+    resident_mb: float = 0.0
+    first_step: float = 0.0
+    times: list[float] = dataclasses.field(default_factory=list)
+    per_repeat: list[float] = dataclasses.field(default_factory=list)
+    peak_mb: float | None = None
+
+    def fail(self, error: BaseException) -> None:
+        if isinstance(error, torch.OutOfMemoryError):
+            self.row["error"] = "out of memory"
+        else:
+            text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            self.row["error"] = f"{type(error).__name__}: {text}"
+        self.stepper = None
+
+    def segment(self, device: torch.device, run: Callable[[Stepper], Any]) -> Any:
+        """Run part of the protocol under a peak-memory meter; keep the largest peak. None on a failure."""
+        try:
+            with PeakMemory(device) as memory:
+                result = run(self.stepper)
+        except (RuntimeError, ValueError) as error:
+            self.fail(error)
+            return None
+        if memory.extra_mb is not None:
+            peak = memory.extra_mb + (self.resident_mb if device.type == "cuda" else 0.0)
+            self.peak_mb = peak if self.peak_mb is None else max(self.peak_mb, peak)
+        return result
+
+
+def _tensor_mb(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def _prepare(
+    name: str,
+    model: nn.Module,
+    method: Method,
+    *,
+    device: torch.device,
+    input_size: tuple[int, int],
+    batch_size: int,
+    num_classes: int,
+) -> _Entry:
+    entry = _Entry(
+        row={
+            "name": name,
+            "mode": method.mode,
+            "batch": batch_size,
+            "input": list(input_size),
+            "precision": method.precision,
+            "channels_last": method.channels_last,
+            "compile": method.compile,
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+        method=method,
+    )
+    try:
+        entry.row["macs"] = count_forward_macs(model, input_size)
+        entry.flops_per_step = count_step_flops(model, input_size, batch_size, method.mode)
+        generator = torch.Generator().manual_seed(0)
+        format_ = torch.channels_last if method.channels_last else torch.contiguous_format
+        model = model.to(device, memory_format=format_)
+        images = [
+            torch.rand(batch_size, 3, *input_size, generator=generator).to(device).contiguous(memory_format=format_)
+            for _ in range(method.rotate)
+        ]
+        resident = [*model.parameters(), *model.buffers(), *images]
+        if method.mode == "train":
+            targets = [torch.randint(0, num_classes, (batch_size, *input_size), generator=generator) for _ in images]
+            inputs: list[Any] = [(x, t.to(device)) for x, t in zip(images, targets, strict=True)]
+            resident += [t for _, t in inputs]
+        else:
+            inputs = images
+        entry.resident_mb = _tensor_mb(resident)
+        runnable = torch.compile(model) if method.compile else model
+        entry.stepper = Stepper(make_step(runnable, method, device, num_classes), inputs, device)
+    except (RuntimeError, ValueError) as error:
+        entry.fail(error)
+    return entry
+
+
+def _finish(entry: _Entry, device: torch.device) -> dict[str, Any]:
+    row = entry.row
+    if "error" in row or not entry.times:
+        return row
+    row.update(
+        {k: v for k, v in summarise(entry.times, entry.per_repeat, entry.first_step).items() if k != "step_times_s"}
+    )
+    row["peak_memory_mb"] = entry.peak_mb
+    step_s = row["latency_ms"] / 1000
+    available = peak_flops(device, entry.method.precision)
+    row["tflops"] = entry.flops_per_step / step_s / 1e12
+    row["mfu"] = entry.flops_per_step / step_s / available if available else None
+    return row
+
+
+def bench_models(
+    entries: Sequence[tuple[str, Callable[[], nn.Module], Method]],
+    *,
+    device: torch.device,
+    input_size: tuple[int, int],
+    batch_size: int,
+    num_classes: int,
+) -> list[dict[str, Any]]:
+    """Bench several models (or one model several ways) **interleaved**: all are prepared and warmed up, then
+    timed repeat by repeat in turn (A, B, A, B, …), so that a machine that slows down or speeds up during the
+    run (other jobs, clocks, heat) shifts all of them alike and their ratios stay fair. One row each; a model
+    that fails (out of memory, a shape it cannot take) gets its ``error`` and the others go on."""
+    prepared: list[_Entry] = []
+    for name, build, method in entries:
+        try:
+            model = build()
+        except (RuntimeError, ValueError) as error:
+            entry = _Entry(row={"name": name, "mode": method.mode, "batch": batch_size, "input": list(input_size),
+                                "precision": method.precision, "channels_last": method.channels_last,
+                                "compile": method.compile, "params": 0}, method=method)  # fmt: skip
+            entry.fail(error)
+        else:
+            entry = _prepare(
+                name, model, method, device=device, input_size=input_size, batch_size=batch_size,
+                num_classes=num_classes,
+            )  # fmt: skip
+            del model
+        prepared.append(entry)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = any(e.method.cudnn_benchmark for e in prepared)
+    for entry in prepared:
+        if entry.stepper is not None:
+            first = entry.segment(device, lambda s, n=entry.method.warmup: s.warm_up(n))
+            entry.first_step = first or 0.0
+    for repeat in range(max((e.method.repeats for e in prepared), default=0)):
+        for entry in prepared:
+            if entry.stepper is None or repeat >= entry.method.repeats:
+                continue
+            times = entry.segment(device, lambda s, n=entry.method.iters: s.timed(n))
+            if times:
+                entry.times += times
+                entry.per_repeat.append(batch_size * len(times) / sum(times))
+    rows = [_finish(entry, device) for entry in prepared]
+    prepared.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
 def bench_model(
     name: str,
     model: nn.Module,
@@ -290,63 +478,15 @@ def bench_model(
     method: Method,
     num_classes: int,
 ) -> dict[str, Any]:
-    """Time ``model`` (an ``nn.Module`` returning ``(B, classes, H, W)`` logits) and return one table row.
-    A failure (out of memory, a shape the model cannot take) is returned as the row's ``error``."""
-    row: dict[str, Any] = {
-        "name": name,
-        "mode": method.mode,
-        "batch": batch_size,
-        "input": list(input_size),
-        "precision": method.precision,
-        "channels_last": method.channels_last,
-        "compile": method.compile,
-        "params": sum(p.numel() for p in model.parameters()),
-    }
-    try:
-        row["macs"] = count_forward_macs(model, input_size)
-        flops_per_step = count_step_flops(model, input_size, batch_size, method.mode)
-        generator = torch.Generator().manual_seed(0)
-        format_ = torch.channels_last if method.channels_last else torch.contiguous_format
-        model = model.to(device, memory_format=format_)
-        images = [
-            torch.rand(batch_size, 3, *input_size, generator=generator).to(device).contiguous(memory_format=format_)
-            for _ in range(method.rotate)
-        ]
-        if method.mode == "train":
-            images = [
-                (x, torch.randint(0, num_classes, (batch_size, *input_size), generator=generator).to(device))
-                for x in images
-            ]
-        runnable = torch.compile(model) if method.compile else model
-        step = make_step(runnable, method, device, num_classes)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = method.cudnn_benchmark
-        with PeakMemory(device) as memory:
-            timing = time_steps(
-                step,
-                images,
-                device=device,
-                images_per_step=batch_size,
-                warmup=method.warmup,
-                iters=method.iters,
-                repeats=method.repeats,
-            )
-        row.update({k: v for k, v in timing.items() if k != "step_times_s"})
-        row["peak_memory_mb"] = memory.peak_mb
-        available = peak_flops(device, method.precision)
-        step_s = timing["latency_ms"] / 1000
-        row["tflops"] = flops_per_step / step_s / 1e12
-        row["mfu"] = flops_per_step / step_s / available if available else None
-    except torch.OutOfMemoryError:
-        row["error"] = "out of memory"
-    except (RuntimeError, ValueError) as error:
-        row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error) else ''}"
-    finally:
-        with contextlib.suppress(Exception):
-            del images, step, runnable
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return row
+    """Time one model (an ``nn.Module`` returning ``(B, classes, H, W)`` logits); one table row. A failure (out
+    of memory, a shape the model cannot take) is returned as the row's ``error``."""
+    return bench_models(
+        [(name, lambda: model, method)],
+        device=device,
+        input_size=input_size,
+        batch_size=batch_size,
+        num_classes=num_classes,
+    )[0]
 
 
 def build_ours(config: ExperimentConfig) -> nn.Module:
@@ -552,39 +692,33 @@ def run(
     peers: bool = False,
     printer: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Bench every config (and, with ``peers``, every peer next to its equivalent config of ours) under every
-    method and batch size; returns ``{"environment", "rows", "peer_ratios"}``."""
+    """Bench every config under every method (interleaved, see :func:`bench_models`) and, with ``peers``, every
+    peer interleaved with its equivalent config of ours; returns ``{"environment", "rows", "peer_ratios"}``."""
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
-    jobs: list[tuple[str, Callable[[], nn.Module], int, str | None]] = []
+    groups: list[tuple[list[tuple[str, Callable[[], nn.Module], Method]], int, str | None]] = []
     for label, config in configs:
-        jobs.append((label, lambda c=config: build_ours(c), config.head.num_classes, None))
+        build = lambda c=config: build_ours(c)  # noqa: E731
+        groups.append(([(label, build, m) for m in methods], config.head.num_classes, None))
     if peers:
         classes = 21
         for peer, overrides in PEERS.items():
             ours = load_config(None, [*overrides.items(), ("head.num_classes", classes)])
-            jobs.append((f"ours ≡ {peer}", lambda c=ours: build_ours(c), classes, peer))
-            jobs.append((peer, lambda p=peer: build_peer(p, classes), classes, peer))
-    for method in methods:
-        for batch in batch_sizes:
-            pending: dict[str, dict[str, Any]] = {}
-            for label, build, classes, peer in jobs:
-                row = bench_model(
-                    label,
-                    build(),
-                    device=device,
-                    input_size=input_size,
-                    batch_size=batch,
-                    method=method,
-                    num_classes=classes,
-                )
-                rows.append(row)
+            entries = []
+            for m in methods:
+                entries.append((f"ours ≡ {peer}", lambda c=ours: build_ours(c), m))
+                entries.append((peer, lambda p=peer: build_peer(p, classes), m))
+            groups.append((entries, classes, peer))
+    for batch in batch_sizes:
+        for entries, classes, peer in groups:
+            group_rows = bench_models(
+                entries, device=device, input_size=input_size, batch_size=batch, num_classes=classes
+            )
+            for row in group_rows:
                 printer(format_row(row))
-                if peer is not None:
-                    if label.startswith("ours"):
-                        pending[peer] = row
-                    elif peer in pending:
-                        ratios.append(peer_ratio(pending.pop(peer), row))
+            rows += group_rows
+            if peer is not None:
+                ratios += [peer_ratio(group_rows[i], group_rows[i + 1]) for i in range(0, len(group_rows), 2)]
     return {"environment": environment(device), "rows": rows, "peer_ratios": ratios}
 
 

@@ -103,6 +103,34 @@ def test_without_warm_up_the_slow_first_steps_would_be_timed():
     assert timing["latency_p90_ms"] == pytest.approx(10_000.0)
 
 
+CALLS: list[str] = []
+
+
+class Named(nn.Module):
+    """A 1×1 conv that writes its name down each time it runs on real data."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.conv = name, nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "meta":  # not the MAC count
+            CALLS.append(self.name)
+        return self.conv(x)
+
+
+def test_compared_models_are_timed_interleaved_repeat_by_repeat():
+    CALLS.clear()
+    method = bench.Method(warmup=2, iters=3, repeats=2)
+    rows = bench.bench_models(
+        [("A", lambda: Named("A"), method), ("B", lambda: Named("B"), method)],
+        device=torch.device("cpu"), input_size=(8, 8), batch_size=1, num_classes=2,
+    )  # fmt: skip
+    assert CALLS == ["A"] * 2 + ["B"] * 2 + (["A"] * 3 + ["B"] * 3) * 2
+    assert [r["name"] for r in rows] == ["A", "B"]
+    assert all(len(r["images_per_s_repeats"]) == 2 and r["macs"] == 2 * 3 * 64 for r in rows)
+
+
 def test_real_timing_is_of_the_work_done():
     def step(seconds):
         time.sleep(seconds)
@@ -118,8 +146,8 @@ def test_peak_memory_sees_a_large_temporary_allocation():
         torch.ones(1000).sum()
     with bench.PeakMemory(torch.device("cpu")) as large:
         torch.ones(64 * 2**20 // 4).add_(1).sum()  # 64 MiB, touched
-    assert small.peak_mb is not None and large.peak_mb is not None
-    assert large.peak_mb >= 60 and small.peak_mb < 20
+    assert small.extra_mb is not None and large.extra_mb is not None
+    assert large.extra_mb >= 60 and small.extra_mb < 20
 
 
 # --------------------------------------------------------------------------------------------------------------
