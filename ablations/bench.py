@@ -63,7 +63,7 @@ class Method:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
-    cudnn_benchmark: bool = True
+    cudnn_benchmark: bool = False
     warmup: int = 5
     iters: int = 20
     repeats: int = 3
@@ -86,6 +86,8 @@ class Method:
             parts.append("channels-last")
         if self.compile:
             parts.append("compiled")
+        if self.cudnn_benchmark:
+            parts.append("cudnn-autotuned")
         return " ".join(parts)
 
 
@@ -290,7 +292,7 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def make_step(model: nn.Module, method: Method, device: torch.device, num_classes: int) -> Callable[[Any], None]:
+def make_step(model: nn.Module, method: Method, device: torch.device) -> Callable[[Any], None]:
     """The function one timed step calls: a forward pass (inference) or forward, loss, backward and an SGD
     update (training)."""
     if method.mode == "infer":
@@ -340,6 +342,8 @@ class _Entry:
 
     def segment(self, device: torch.device, run: Callable[[Stepper], Any]) -> Any:
         """Run part of the protocol under a peak-memory meter; keep the largest peak. None on a failure."""
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.method.cudnn_benchmark  # per segment: entries may differ
         try:
             with PeakMemory(device) as memory:
                 result = run(self.stepper)
@@ -375,6 +379,7 @@ def _prepare(
             "precision": method.precision,
             "channels_last": method.channels_last,
             "compile": method.compile,
+            "cudnn_benchmark": method.cudnn_benchmark,
             "params": sum(p.numel() for p in model.parameters()),
         },
         method=method,
@@ -398,7 +403,7 @@ def _prepare(
             inputs = images
         entry.resident_mb = _tensor_mb(resident)
         runnable = torch.compile(model) if method.compile else model
-        entry.stepper = Stepper(make_step(runnable, method, device, num_classes), inputs, device)
+        entry.stepper = Stepper(make_step(runnable, method, device), inputs, device)
     except (RuntimeError, ValueError) as error:
         entry.fail(error)
     return entry
@@ -447,8 +452,6 @@ def bench_models(
             )  # fmt: skip
             del model
         prepared.append(entry)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = any(e.method.cudnn_benchmark for e in prepared)
     for entry in prepared:
         if entry.stepper is not None:
             first = entry.segment(device, lambda s, n=entry.method.warmup: s.warm_up(n))
@@ -531,6 +534,7 @@ def inference_figures(config: ExperimentConfig, *, warmup: int = 3, iters: int =
         mode="infer",
         precision=TORCH_PRECISION[t.resolved_precision(gpu)],
         channels_last=t.resolved_channels_last(gpu),
+        cudnn_benchmark=t.resolved_cudnn_benchmark(gpu),
         warmup=warmup,
         iters=iters,
         repeats=1,
@@ -730,6 +734,7 @@ def peer_ratio(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
         "precision": ours["precision"],
         "channels_last": ours["channels_last"],
         "compile": ours["compile"],
+        "cudnn_benchmark": ours.get("cudnn_benchmark"),
         "batch": ours["batch"],
         "ours_images_per_s": ours.get("images_per_s"),
         "peer_images_per_s": peer.get("images_per_s"),
@@ -758,9 +763,9 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 def _mode(row: dict[str, Any]) -> str:
-    return " ".join(
-        [row["mode"], row["precision"]] + ["channels-last"] * bool(row["channels_last"]) + ["compiled"] * row["compile"]
-    )
+    parts = [row["mode"], row["precision"]]
+    parts += ["channels-last"] * bool(row["channels_last"]) + ["compiled"] * bool(row["compile"])
+    return " ".join(parts + ["cudnn-autotuned"] * bool(row.get("cudnn_benchmark")))
 
 
 def _giga(value: int | None) -> float | None:
