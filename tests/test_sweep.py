@@ -159,6 +159,52 @@ def test_out_of_memory_is_classified_from_the_real_allocator_error():
     assert sweep.classify(ValueError("x"))[0] == "error"
 
 
+def _virtual_memory_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmSize")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_a_trial_that_runs_out_of_memory_is_recorded_and_the_sweep_goes_on(workdir):
+    # A real sweep process whose address space is capped (RLIMIT_AS) at what this process maps now plus 2 GiB:
+    # the small arm trains; the big arm (64 images of 512² per step) cannot allocate its activations, and the
+    # allocator's refusal ends that trial as out_of_memory while the sweep runs on to the end.
+    import resource
+
+    limit = (_virtual_memory_kb() + 2 * 2**20) * 1024
+    path = write_study(
+        workdir,
+        fixed={"data.num_workers": 0},
+        axis={
+            "name": "size",
+            "arms": {
+                "big": {"data.image_size": 512, "data.crop_size": 512, "data.batch_size": 64, "data.train_samples": 64},
+                "small": {},
+            },
+        },
+        seeds=[0],
+    )
+    result = subprocess.run(
+        sweep_command(path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = stored(workdir / "runs" / "sweeps" / "tiny")
+    by_arm = {t.user_attrs["arm"]: t for t in study.get_trials()}
+    assert by_arm["small"].state == TrialState.COMPLETE
+    big = by_arm["big"]
+    failure = big.user_attrs["failure"]
+    assert big.state == TrialState.FAIL and failure["kind"] == "out_of_memory", failure
+    assert "allocate" in failure["message"].lower() or "memoryerror" in failure["message"].lower()
+    assert "FAILED (out_of_memory" in result.stdout
+    assert "1 failed (out_of_memory)" in result.stdout  # the table says so
+
+
 def test_missing_dataset_stops_the_sweep_with_the_message(workdir, capsys):
     path = write_study(workdir, fixed={"data.name": "voc", "data.root": str(workdir / "no-voc")})
     assert main(["sweep", str(path)]) == 2
