@@ -857,8 +857,10 @@ def format_report(result: dict[str, Any]) -> str:
         "excluded; the final resize to the input size included). "
         f"{first.get('warmup', '?')} untimed warm-up steps, then {first.get('repeats', '?')} repeats of "
         f"{first.get('iters', '?')} steps, each step between two device synchronisations; images/s is the median "
-        "over repeats, latency the median and 90th percentile over steps. GMACs: one forward pass of one image. "
-        "Peak memory: on a GPU `max_memory_allocated`; on a CPU the resident memory the steps add above what was "
+        "over repeats, latency the median and 90th percentile over steps. Rows compared with each other (one "
+        "config plain and fast, ours and a peer) are timed interleaved, repeat by repeat. GMACs: one forward pass "
+        "of one image. Peak memory: on a GPU the weights and inputs plus the largest rise of "
+        "`max_memory_allocated` during the steps; on a CPU the resident memory the steps add above what was "
         "resident before them (weights and inputs excluded)."
         if size
         else ""

@@ -51,6 +51,7 @@ HEARTBEAT_S = 20
 GRACE_S = 120
 
 # Metrics copied from a run's metrics.json into the trial (the rest stays in the run folder and in W&B).
+REUSE_CAP = 5  # a search asks at most this many times its budget of points, reused ones included
 KEPT_METRICS = (
     "val/mIoU",
     "val/pixel_acc",
@@ -318,6 +319,19 @@ def claim(study: Study, optuna_study: optuna.Study, *, retry_failed: float | Non
             return None
 
 
+def _same_point(optuna_study: optuna.Study, params: dict[str, Any], seed: int, number: int) -> FrozenTrial | None:
+    """An earlier complete, trained (not itself reused) trial with the same sampled parameters and seed."""
+    for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if (
+            t.number != number
+            and "reused_from" not in t.user_attrs
+            and t.user_attrs.get("seed") == seed
+            and {k: v for k, v in t.params.items() if k in params} == params
+        ):
+            return t
+    return None
+
+
 def counts(study: Study, optuna_study: optuna.Study, *, retry_failed: float | None = None) -> dict[str, int]:
     trials = optuna_study.get_trials(deepcopy=False)
     if study.is_grid:
@@ -325,9 +339,9 @@ def counts(study: Study, optuna_study: optuna.Study, *, retry_failed: float | No
         settled = {key_of(t) for t in trials if is_settled(t, retry_failed=retry_failed)} & keys
         running = {key_of(t) for t in trials if t.state == TrialState.RUNNING} & keys
         return {"done": len(settled), "running": len(running), "total": len(keys)}
-    settled = [t for t in trials if is_settled(t, retry_failed=retry_failed)]
+    settled = [t for t in trials if is_settled(t, retry_failed=retry_failed) and "reused_from" not in t.user_attrs]
     running = [t for t in trials if t.state == TrialState.RUNNING]
-    return {"done": len(settled), "running": len(running), "total": study.total}
+    return {"done": len(settled), "running": len(running), "total": study.total, "asked": len(trials)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -484,6 +498,18 @@ def run_trial(
         storage.set_trial_user_attr(tid, "arm", label)
         storage.set_trial_user_attr(tid, "seed", seed)
     storage.set_trial_user_attr(tid, "worker", worker_identity())
+    if not study.is_grid:
+        earlier = _same_point(optuna_study, params, seed, trial.number)
+        if earlier is not None:
+            # A sampler may propose a point it has seen (categorical spaces do this often); training it again
+            # would give the same result, so the earlier one is reused and the budget counts distinct points.
+            for key in ("config", "stats", "metrics"):
+                if key in earlier.user_attrs:
+                    storage.set_trial_user_attr(tid, key, earlier.user_attrs[key])
+            storage.set_trial_user_attr(tid, "reused_from", earlier.number)
+            optuna_study.tell(trial, values=list(earlier.values))
+            progress.line(f"trial {trial.number} {label} seed {seed}: same point as trial {earlier.number}, reused")
+            return "REUSED"
     try:
         config = study.resolve(arm, seed, params)
     except ConfigError as error:
@@ -629,6 +655,13 @@ def work(
             signal.signal(signal.SIGINT, previous)
 
 
+def _ask(optuna_study: optuna.Study) -> optuna.Trial:
+    # Optuna warns that storage heartbeats are meant for Study.optimize; this loop records them itself (Heartbeat).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+        return optuna_study.ask()
+
+
 def _work_loop(
     study, optuna_study, out_dir, study_name, progress, requested, retry_failed, max_trials, poll_s, printer
 ):
@@ -642,7 +675,14 @@ def _work_loop(
             trial = claim(study, optuna_study, retry_failed=retry_failed)
         else:
             c = counts(study, optuna_study)
-            trial = optuna_study.ask() if c["done"] + c["running"] < study.total else None
+            # The budget counts distinct trained points; the cap stops a sampler that only proposes seen ones.
+            wanted = c["done"] + c["running"] < study.total and c["asked"] < REUSE_CAP * study.total
+            trial = _ask(optuna_study) if wanted else None
+            if trial is None and c["done"] + c["running"] < study.total and c["running"] == 0:
+                printer(
+                    f"[{study.name}] stopping at {c['done']} distinct points of the budget {study.total}: the sampler "
+                    f"proposed only already-trained points in {c['asked']} asks (is the search space that small?)"
+                )
         if trial is None:
             if counts(study, optuna_study, retry_failed=retry_failed)["running"] == 0:
                 return ran
@@ -701,8 +741,8 @@ def trial_rows(optuna_study: optuna.Study) -> list[dict[str, Any]]:
     """One flat dict per trial: number, state, arm, seed, params, failure and every stored metric."""
     rows = []
     for t in optuna_study.get_trials(deepcopy=False):
-        if failure_kind(t) == "duplicate":
-            continue
+        if failure_kind(t) == "duplicate" or "reused_from" in t.user_attrs:
+            continue  # ran nothing: a duplicate claim, or a search point already trained
         row = {
             "trial": t.number,
             "state": t.state.name,

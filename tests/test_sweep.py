@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from ablations import sweep
 from ablations.cli import main
+from ablations.study import load_study
 
 TINY_FIXED = {
     "backbone.width": 0.125,
@@ -268,6 +269,36 @@ def test_search_study_samples_its_budget(workdir):
         assert len(t.values) == 2
 
 
+def test_a_search_reuses_points_it_has_trained_and_stops_when_it_sees_nothing_new(workdir, capsys):
+    path = workdir / "small.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "small",
+                "profile": "quick",
+                "fixed": TINY_FIXED,
+                "search_space": {"backbone.output_stride": {"choices": [16, 32]}},  # two points only
+                "sampler": "random",
+                "budget": 3,
+            }
+        )
+    )
+    assert main(["sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    study = stored(workdir / "runs" / "sweeps" / "small", "small")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    trained = [t for t in trials if "reused_from" not in t.user_attrs]
+    reused = [t for t in trials if "reused_from" in t.user_attrs]
+    # Random sampling finds both points in 15 asks (it misses one with probability 2^-14).
+    assert len(trained) == 2 and len(reused) == sweep.REUSE_CAP * 3 - 2
+    by_number = {t.number: t for t in trained}
+    assert all(t.values == by_number[t.user_attrs["reused_from"]].values for t in reused)
+    assert all(t.params == by_number[t.user_attrs["reused_from"]].params for t in reused)
+    assert len(list((workdir / "runs" / "sweeps" / "small" / "trials").iterdir())) == 2  # two training runs
+    assert "stopping at 2 distinct points of the budget 3" in out
+    assert [r["runs"] for r in sweep.comparison(load_study(path), study)] == [1, 1]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Processes: kill -9, Ctrl-C, local workers, PostgreSQL
 
@@ -297,8 +328,6 @@ def states(out_dir: Path) -> collections.Counter:
 
 
 def test_a_claim_whose_worker_died_before_naming_itself_is_reaped_after_the_grace(workdir):
-    from ablations.study import load_study
-
     study = load_study(write_study(workdir))
     storage = sweep.open_storage(f"sqlite:///{workdir / 'orphan.db'}")
     optuna_study = sweep.open_study(study, storage, "tiny")
