@@ -360,6 +360,20 @@ def _tensor_mb(tensors) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
+def _base_row(name: str, method: Method, batch_size: int, input_size: tuple[int, int], params: int) -> dict:
+    return {
+        "name": name,
+        "mode": method.mode,
+        "batch": batch_size,
+        "input": list(input_size),
+        "precision": method.precision,
+        "channels_last": method.channels_last,
+        "compile": method.compile,
+        "cudnn_benchmark": method.cudnn_benchmark,
+        "params": params,
+    }
+
+
 def _prepare(
     name: str,
     model: nn.Module,
@@ -370,20 +384,8 @@ def _prepare(
     batch_size: int,
     num_classes: int,
 ) -> _Entry:
-    entry = _Entry(
-        row={
-            "name": name,
-            "mode": method.mode,
-            "batch": batch_size,
-            "input": list(input_size),
-            "precision": method.precision,
-            "channels_last": method.channels_last,
-            "compile": method.compile,
-            "cudnn_benchmark": method.cudnn_benchmark,
-            "params": sum(p.numel() for p in model.parameters()),
-        },
-        method=method,
-    )
+    params = sum(p.numel() for p in model.parameters())
+    entry = _Entry(row=_base_row(name, method, batch_size, input_size, params), method=method)
     try:
         entry.row["macs"] = count_forward_macs(model, input_size)
         entry.flops_per_step = count_step_flops(model, input_size, batch_size, method.mode)
@@ -441,9 +443,7 @@ def bench_models(
         try:
             model = build()
         except (RuntimeError, ValueError) as error:
-            entry = _Entry(row={"name": name, "mode": method.mode, "batch": batch_size, "input": list(input_size),
-                                "precision": method.precision, "channels_last": method.channels_last,
-                                "compile": method.compile, "params": 0}, method=method)  # fmt: skip
+            entry = _Entry(row=_base_row(name, method, batch_size, input_size, 0), method=method)
             entry.fail(error)
         else:
             entry = _prepare(
@@ -564,29 +564,21 @@ def inference_figures(config: ExperimentConfig, *, warmup: int = 3, iters: int =
 
 # Each peer with the overrides that make our config the same network (same encoder, output stride, first-unit
 # convention, rates, pooling-branch norm, head); the table shows both multiply-add counts, so the match is checked.
+_TORCHVISION_DEEPLABV3 = {
+    "backbone.name": "resnet50",
+    "backbone.output_stride": 8,
+    "backbone.first_unit": "previous",
+    "context.kind": "aspp",
+    "context.preset": "v3",
+    "context.pooling_norm": "batch",
+    "context.dropout": 0.5,
+    "decoder.enabled": False,
+    "head.style": "torchvision",
+}
 PEERS: dict[str, dict[str, Any]] = {
-    "torchvision deeplabv3_resnet50": {
-        "backbone.name": "resnet50",
-        "backbone.output_stride": 8,
-        "backbone.first_unit": "previous",
-        "context.kind": "aspp",
-        "context.preset": "v3",
-        "context.pooling_norm": "batch",
-        "context.dropout": 0.5,
-        "decoder.enabled": False,
-        "head.style": "torchvision",
-    },
-    "smp DeepLabV3 (resnet50)": {
-        "backbone.name": "resnet50",
-        "backbone.output_stride": 8,
-        "backbone.first_unit": "full",
-        "context.kind": "aspp",
-        "context.preset": "v3",
-        "context.pooling_norm": "batch",
-        "context.dropout": 0.5,
-        "decoder.enabled": False,
-        "head.style": "torchvision",
-    },
+    "torchvision deeplabv3_resnet50": _TORCHVISION_DEEPLABV3,
+    # smp dilates every conv of a dilated stage, the first unit's included, at the full rate (smp #183).
+    "smp DeepLabV3 (resnet50)": {**_TORCHVISION_DEEPLABV3, "backbone.first_unit": "full"},
     "smp DeepLabV3Plus (resnet50)": {
         "backbone.name": "resnet50",
         "backbone.output_stride": 16,
