@@ -32,6 +32,7 @@ import copy
 import ctypes
 import dataclasses
 import math
+import os
 import platform
 import statistics
 import time
@@ -93,6 +94,17 @@ class Method:
 
 # --------------------------------------------------------------------------------------------------------------
 # Timing
+
+
+def cpu_name() -> str:
+    """``cpu: <model name> (<n> cores)``, from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def synchronize(device: torch.device) -> None:
@@ -235,13 +247,11 @@ def _proc_status_kb(field: str) -> int | None:
 
 
 def count_forward_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
-    """Multiply-adds of one forward pass of one image, counted on a meta-device copy of ``model``."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Multiply-adds of one forward pass of one image (:func:`ablations.analysis.count_macs`), counted on a
+    meta-device copy of ``model`` so that nothing is computed."""
+    from ablations.analysis import count_macs
 
-    meta = copy.deepcopy(model).to("meta").eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        meta(torch.zeros(1, 3, *input_size, device="meta"))
-    return counter.get_total_flops() // 2
+    return count_macs(copy.deepcopy(model).to("meta"), input_size)
 
 
 def count_step_flops(model: nn.Module, input_size: tuple[int, int], batch: int, mode: str) -> int:
@@ -672,8 +682,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
     else:
-        from ablations.train import cpu_name
-
         env["device"] = cpu_name()
     return env
 

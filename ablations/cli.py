@@ -88,24 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _batch_list(text: str) -> list[int]:
+def _int_list(text: str, *, minimum: int, distinct: bool, example: str) -> list[int]:
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. 1,8") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected integers ≥ 1")
-    return sizes
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. {example}") from None
+    if not values or any(v < minimum for v in values) or (distinct and len(set(values)) != len(values)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {'distinct ' if distinct else ''}integers ≥ {minimum}")
+    return values
+
+
+def _batch_list(text: str) -> list[int]:
+    return _int_list(text, minimum=1, distinct=False, example="1,8")
 
 
 def _seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. 0,1,2") from None
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct integers ≥ 0")
-    return seeds
+    return _int_list(text, minimum=0, distinct=True, example="0,1,2")
 
 
 def _error(message: object) -> int:

@@ -8,7 +8,6 @@ import json
 import math
 import netrc
 import os
-import platform
 import resource
 import statistics
 import time
@@ -21,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
+from ablations.bench import cpu_name, synchronize
 from ablations.config import ExperimentConfig
 from ablations.data.module import SegmentationDataModule
 from ablations.system import SegmentationSystem
@@ -69,10 +69,6 @@ class Throughput(pl.Callback):
         self.flops_per_step: int | None = None
         self.available_flops: float | None = None
 
-    def _sync(self, module: pl.LightningModule) -> None:
-        if module.device.type == "cuda":
-            torch.cuda.synchronize(module.device)
-
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if module.device.type == "cuda":
             from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
@@ -87,11 +83,11 @@ class Throughput(pl.Callback):
             )
 
     def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
-        self._sync(module)
+        synchronize(module.device)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
-        self._sync(module)
+        synchronize(module.device)
         elapsed = time.perf_counter() - self._start
         if trainer.global_step > self.warmup:
             self.step_times.append(elapsed)
@@ -113,16 +109,6 @@ def device_name(module: pl.LightningModule) -> str:
     if module.device.type == "cuda":
         return torch.cuda.get_device_name(module.device)
     return cpu_name()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def peak_memory_mb(module: pl.LightningModule) -> float:

@@ -18,6 +18,7 @@ import time
 import lightning.pytorch as pl
 import torch
 
+from ablations.bench import synchronize
 from ablations.config import load_config
 from ablations.system import SegmentationSystem
 
@@ -34,11 +35,6 @@ def make_batches(config, n: int, device: torch.device) -> list[dict[str, torch.T
     ]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def plain_loop(config, batches, device, *, warmup: int, steps: int) -> float:
     torch.manual_seed(0)
     system = SegmentationSystem(config.to_dict(), tuple(map(str, range(config.head.num_classes)))).to(device).train()
@@ -49,7 +45,7 @@ def plain_loop(config, batches, device, *, warmup: int, steps: int) -> float:
     start = None
     for step in range(warmup + steps):
         if step == warmup:
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
         batch = batches[step % len(batches)]
         loss = segmentation_loss(system(batch["image"]), batch["mask"])
@@ -57,7 +53,7 @@ def plain_loop(config, batches, device, *, warmup: int, steps: int) -> float:
         loss.backward()
         optimizer.step()
         schedule.step()
-    sync(device)
+    synchronize(device)
     return steps * config.data.batch_size / (time.perf_counter() - start)
 
 
@@ -67,11 +63,11 @@ class _Clock(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
         if trainer.global_step == self.warmup and self.start is None:
-            sync(module.device)
+            synchronize(module.device)
             self.start = time.perf_counter()
 
     def on_train_end(self, trainer, module) -> None:
-        sync(module.device)
+        synchronize(module.device)
         self.end = time.perf_counter()
 
 

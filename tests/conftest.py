@@ -25,3 +25,13 @@ def tiny(*overrides: str):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_wandb():
+    # W&B keeps process-wide settings (read from WANDB_* variables when first used); tests set those variables
+    # differently, so each test starts from a fresh W&B state, as a new process would.
+    yield
+    import wandb
+
+    wandb.teardown()

@@ -26,6 +26,15 @@ def tiny_config(*extra: str):
     return load_config(overrides=[*TINY, *extra])
 
 
+def bench_tiny(config, method: bench.Method, batch_size: int) -> dict:
+    """One row for our model of ``config`` on 32×32 inputs, on the CPU."""
+    model = bench.build_ours(config)
+    return bench.bench_model(
+        "tiny", model, device=torch.device("cpu"), input_size=(32, 32), batch_size=batch_size, method=method,
+        num_classes=config.head.num_classes,
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Method
 
@@ -166,15 +175,7 @@ def test_peak_memory_sees_a_large_temporary_allocation():
 )
 def test_bench_rows_for_our_model(method):
     config = tiny_config()
-    row = bench.bench_model(
-        "tiny",
-        bench.build_ours(config),
-        device=torch.device("cpu"),
-        input_size=(32, 32),
-        batch_size=2,
-        method=method,
-        num_classes=3,
-    )
+    row = bench_tiny(config, method, batch_size=2)
     assert "error" not in row, row.get("error")
     assert row["images_per_s"] > 0 and row["latency_p90_ms"] >= row["latency_ms"] > 0
     assert row["macs"] == count_macs(bench.build_ours(config), (32, 32))
@@ -203,15 +204,7 @@ def test_a_failing_model_is_a_row_with_its_error_not_a_crash():
     # Training at batch 1 with a BatchNorm after image pooling (BatchNorm sees one value per channel): the model
     # refuses with a clear error, and the benchmark records it in the row.
     config = tiny_config("context.pooling_norm=batch")
-    row = bench.bench_model(
-        "bn-on-1x1",
-        bench.build_ours(config),
-        device=torch.device("cpu"),
-        input_size=(32, 32),
-        batch_size=1,
-        method=bench.Method(mode="train", warmup=1, iters=1, repeats=1),
-        num_classes=3,
-    )
+    row = bench_tiny(config, bench.Method(mode="train", warmup=1, iters=1, repeats=1), batch_size=1)
     assert "cannot train at batch size 1" in row["error"]
     assert row["params"] > 0 and "images_per_s" not in row
 
