@@ -194,3 +194,112 @@ def network_field_of_view(model: nn.Module) -> dict:
         },
         "gridding_holes": holes,
     }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Geometry: how much of each dilated conv lands on the feature map (DeepLab v3 §3.3, Fig. 4)
+
+
+def tap_indices(side: int, rate: int, *, kernel: int = 3, stride: int = 1, padding: int | None = None) -> tuple:
+    """Along one axis of a ``side``-long map: for each output position, the input index each tap reads, or
+    None where the tap falls on the zero padding. Two convs with equal weights compute the same function exactly
+    when these are equal, so a rate-8 and a rate-6 conv on a 6-cell map (centre tap only) are the same conv."""
+    padding = rate * (kernel // 2) if padding is None else padding
+    outputs = (side + 2 * padding - rate * (kernel - 1) - 1) // stride + 1
+    return tuple(
+        tuple(i if 0 <= i < side else None for i in (o * stride - padding + t * rate for t in range(kernel)))
+        for o in range(max(0, outputs))
+    )
+
+
+def valid_fraction(side: int, rate: int, *, kernel: int = 3, stride: int = 1, padding: int | None = None) -> float:
+    """Share of a conv's taps inside the map along one axis, averaged over output positions."""
+    taps = tap_indices(side, rate, kernel=kernel, stride=stride, padding=padding)
+    if not taps:
+        return 0.0
+    return sum(i is not None for row in taps for i in row) / (len(taps) * kernel)
+
+
+def valid_taps(
+    size: int | Sequence[int], rate: int | Sequence[int], *, kernel: int = 3, stride: int = 1, padding=None
+) -> float:
+    """Share of a k×k conv's k² taps that land inside an ``(H, W)`` map, averaged over output positions: 1 for
+    a rate-1 conv on a large map, 1/9 for a 3×3 conv whose rate is at least the map's side (a 1×1 conv)."""
+    sizes = (size, size) if isinstance(size, int) else tuple(size)
+    rates = (rate, rate) if isinstance(rate, int) else tuple(rate)
+    strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    pads = (padding, padding) if padding is None or isinstance(padding, int) else tuple(padding)
+    return math.prod(
+        valid_fraction(n, r, kernel=kernel, stride=s, padding=p)
+        for n, r, s, p in zip(sizes, rates, strides, pads, strict=True)
+    )
+
+
+def is_degenerate(size: int | Sequence[int], rate: int | Sequence[int], *, kernel: int = 3) -> bool:
+    """Only the centre tap ever lands on the map: the rate is at least the side in every dimension."""
+    sizes = (size, size) if isinstance(size, int) else tuple(size)
+    rates = (rate, rate) if isinstance(rate, int) else tuple(rate)
+    return kernel > 1 and all(r >= n for n, r in zip(sizes, rates, strict=True))
+
+
+def conv_geometry(model: nn.Module, input_size: tuple[int, int]) -> dict[str, dict]:
+    """Every conv with a kernel wider than 1 in ``model``, as it runs on a ``(1, 3, *input_size)`` input: the
+    map it reads, its rate, stride and the valid-tap share. One forward pass (on the model's device: the meta
+    device costs nothing); keyed by module name."""
+    seen: dict[str, dict] = {}
+    hooks = []
+
+    def record(name: str):
+        def hook(module: nn.Conv2d, inputs, output) -> None:
+            size = tuple(inputs[0].shape[-2:])
+            seen[name] = {
+                "size": list(size),
+                "kernel": module.kernel_size[0],
+                "stride": module.stride[0],
+                "dilation": module.dilation[0],
+                "padding": module.padding[0] if isinstance(module.padding, tuple) else module.padding,
+                "groups": module.groups,
+                "in_channels": module.in_channels,
+                "out_channels": module.out_channels,
+                "valid_taps": valid_taps(
+                    size, module.dilation, kernel=module.kernel_size[0], stride=module.stride, padding=module.padding
+                ),
+                "degenerate": is_degenerate(size, module.dilation, kernel=module.kernel_size[0]),
+            }
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size[0] > 1:
+            hooks.append(module.register_forward_hook(record(name)))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size, device=device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def network_signature(model: nn.Module, input_size: tuple[int, int]) -> tuple:
+    """What the network computes at ``input_size``, up to its weights: every module's type and settings, and for
+    every conv the input index each tap reads. Two networks with equal signatures are the same function of the
+    same weights — e.g. multi-grid (1,2,3) and (1,2,4) on a 6×6 map, where rates 6 and 8 both reduce to 1×1."""
+    geometry = conv_geometry(model, input_size)
+    parts = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and name in geometry:
+            g = geometry[name]
+            taps = tuple(
+                tap_indices(n, module.dilation[d], kernel=module.kernel_size[d], stride=module.stride[d],
+                            padding=module.padding[d])
+                for d, n in enumerate(g["size"])
+            )  # fmt: skip
+            parts.append((name, "Conv2d", module.in_channels, module.out_channels, module.groups, taps))
+        elif not list(module.children()) or hasattr(module, "topology"):
+            parts.append((name, type(module).__name__, module.extra_repr(), getattr(module, "topology", None)))
+    return tuple(parts)

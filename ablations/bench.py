@@ -40,11 +40,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ablations.config import ExperimentConfig, load_config
+from ablations.results import names
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("infer", "train")
@@ -534,39 +536,71 @@ def build_evaluated(config: ExperimentConfig) -> nn.Module:
 TORCH_PRECISION = {"32-true": "fp32", "bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16"}
 
 
-def inference_figures(config: ExperimentConfig, *, warmup: int = 3, iters: int = 10) -> dict[str, Any]:
-    """Inference images/s, latency and peak memory of ``config`` as trained and evaluated (its device, precision,
-    layout, eval output stride, scales and flip) at the training crop and evaluation batch — the figures each
-    sweep trial stores next to its mIoU."""
+def trial_method(config: ExperimentConfig, mode: str = "infer", *, warmup: int = 3, iters: int = 10, repeats: int = 1):
+    """How ``config`` trains and evaluates on this machine (its device, precision, layout, cuDNN autotuning)."""
     t = config.train
     gpu = t.uses_gpu()
-    method = Method(
-        mode="infer",
+    return Method(
+        mode=mode,
         precision=TORCH_PRECISION[t.resolved_precision(gpu)],
         channels_last=t.resolved_channels_last(gpu),
         cudnn_benchmark=t.resolved_cudnn_benchmark(gpu),
         warmup=warmup,
         iters=iters,
-        repeats=1,
+        repeats=repeats,
     )
+
+
+def _crop(config: ExperimentConfig) -> tuple[int, int]:
     crop = config.data.crop_size or config.data.image_size
+    return crop, crop
+
+
+def inference_figures(config: ExperimentConfig, *, warmup: int = 3, iters: int = 10) -> dict[str, Any]:
+    """Inference images/s, latency and peak memory of ``config`` as trained and evaluated (its device, precision,
+    layout, eval output stride, scales and flip) at the training crop and evaluation batch — the figures each
+    sweep trial stores next to its mIoU."""
     row = bench_model(
         "trial",
         build_evaluated(config),
-        device=torch.device("cuda" if gpu else "cpu"),
-        input_size=(crop, crop),
+        device=torch.device("cuda" if config.train.uses_gpu() else "cpu"),
+        input_size=_crop(config),
         batch_size=config.data.val_batch_size or config.data.batch_size,
-        method=method,
+        method=trial_method(config, warmup=warmup, iters=iters),
         num_classes=config.head.num_classes,
     )
     if "error" in row:
-        return {"infer/error": row["error"]}
+        return {names.INFER_ERROR: row["error"]}
     return {
-        "infer/images_per_s": row["images_per_s"],
-        "infer/latency_ms": row["latency_ms"],
-        "infer/peak_memory_mb": row["peak_memory_mb"],
-        "infer/macs": row["macs"],
+        names.INFER_IPS: row["images_per_s"],
+        names.INFER_LATENCY_MS: row["latency_ms"],
+        names.INFER_PEAK_MB: row["peak_memory_mb"],
+        names.INFER_MACS: row["macs"],
     }
+
+
+def bench_arms(
+    configs: Sequence[tuple[str, ExperimentConfig]], *, warmup: int = 3, iters: int = 10, repeats: int = 5
+) -> dict[str, Any]:
+    """The speed of a study's arms, comparable with each other: every arm's training step (at its crop and
+    batch) and its evaluation (eval output stride, scales, flip, at the evaluation batch) in one process,
+    interleaved repeat by repeat (:func:`bench_models`), so the ratios between arms hold whatever else the
+    machine is doing. Returns ``{"environment", "rows"}``; a row per arm and mode."""
+    first = configs[0][1]
+    device = torch.device("cuda" if first.train.uses_gpu() else "cpu")
+    rows: list[dict[str, Any]] = []
+    for mode in ("train", "infer"):
+        entries = [
+            (arm, (lambda c=c: build_ours(c)) if mode == "train" else (lambda c=c: build_evaluated(c)),
+             trial_method(c, mode, warmup=warmup, iters=iters, repeats=repeats))
+            for arm, c in configs
+        ]  # fmt: skip
+        d = first.data
+        batch = d.batch_size if mode == "train" else (d.val_batch_size or d.batch_size)
+        rows += bench_models(
+            entries, device=device, input_size=_crop(first), batch_size=batch, num_classes=first.head.num_classes
+        )
+    return {"environment": environment(device), "rows": rows}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -772,44 +806,56 @@ def _giga(value: int | None) -> float | None:
     return None if value is None else value / 1e9
 
 
-def format_table(result: dict[str, Any]) -> str:
-    rows, env = result["rows"], result["environment"]
+def bench_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The rows of a bench run as a display frame (strings, fixed digits)."""
     gpu = any(r.get("mfu") is not None for r in rows)
-    lines = [
-        "| Config | Mode | Batch | Images/s | Latency ms (median / p90) | Peak memory MiB | Params M | GMACs/img |"
-        + (" MFU |" if gpu else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""),
-    ]
+    out = []
     for r in rows:
-        start = f"| {r['name']} | {_mode(r)} | {r['batch']} |"
-        if "error" in r:
-            lines.append(
-                f"{start} failed: {r['error']} | | | {r['params'] / 1e6:.1f} | {_num(_giga(r.get('macs')), '.1f')} |"
-            )
-            continue
-        line = (
-            f"{start} {r['images_per_s']:.2f} | {r['latency_ms']:.1f} / {r['latency_p90_ms']:.1f} | "
-            f"{_num(r['peak_memory_mb'], '.0f')} | {r['params'] / 1e6:.1f} | {r['macs'] / 1e9:.1f} |"
-        )
+        row = {"Config": r["name"], "Mode": _mode(r), "Batch": str(r["batch"])}
+        failed = "error" in r
+        row["Images/s"] = f"failed: {r['error']}" if failed else f"{r['images_per_s']:.2f}"
+        row["Latency ms (median / p90)"] = "" if failed else f"{r['latency_ms']:.1f} / {r['latency_p90_ms']:.1f}"
+        row["Peak memory MiB"] = "" if failed else _num(r["peak_memory_mb"], ".0f")
+        row["Params M"] = f"{r['params'] / 1e6:.1f}"
+        row["GMACs/img"] = _num(_giga(r.get("macs")), ".1f")
         if gpu:
-            line += f" {_num(None if r.get('mfu') is None else 100 * r['mfu'], '.1f')} % |"
-        lines.append(line)
+            row["MFU"] = "" if failed else f"{_num(None if r.get('mfu') is None else 100 * r['mfu'], '.1f')} %"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def peer_frame(ratios: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "Peer": q["peer"],
+                "Mode": _mode(q),
+                "Batch": str(q["batch"]),
+                "Ours img/s": _num(q["ours_images_per_s"], ".2f"),
+                "Peer img/s": _num(q["peer_images_per_s"], ".2f"),
+                "Ours / peer": f"**{_num(q['speed_ratio'], '.3f')}**",
+                "GMACs ours / peer": f"{_num(_giga(q['ours_macs']), '.1f')} / {_num(_giga(q['peer_macs']), '.1f')}",
+                "Peak MiB ours / peer": (
+                    f"{_num(q['ours_peak_memory_mb'], '.0f')} / {_num(q['peer_peak_memory_mb'], '.0f')}"
+                ),
+            }
+            for q in ratios
+        ]
+    )
+
+
+def format_table(result: dict[str, Any]) -> str:
+    from ablations.results.tables import render
+
+    env = result["environment"]
+    lines = [render(bench_frame(result["rows"]), "md")]
     if result["peer_ratios"]:
         lines += [
             "",
             "Ours against each peer, same process, same settings (ratio > 1: ours is faster):",
             "",
-            "| Peer | Mode | Batch | Ours img/s | Peer img/s | Ours / peer "
-            "| GMACs ours / peer | Peak MiB ours / peer |",
-            "|---|---|---|---|---|---|---|---|",
+            render(peer_frame(result["peer_ratios"]), "md"),
         ]
-        for q in result["peer_ratios"]:
-            lines.append(
-                f"| {q['peer']} | {_mode(q)} | {q['batch']} | {_num(q['ours_images_per_s'], '.2f')} | "
-                f"{_num(q['peer_images_per_s'], '.2f')} | **{_num(q['speed_ratio'], '.3f')}** | "
-                f"{_num(_giga(q['ours_macs']), '.1f')} / {_num(_giga(q['peer_macs']), '.1f')} | "
-                f"{_num(q['ours_peak_memory_mb'], '.0f')} / {_num(q['peer_peak_memory_mb'], '.0f')} |"
-            )
     versions = ", ".join(f"{k} {v}" for k, v in env.items() if k != "device")
     return f"Device: {env['device']} ({versions})\n\n" + "\n".join(lines)
 

@@ -85,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-trials", type=_positive, help="stop this worker after this many trials")
     sweep.add_argument("--table-only", action="store_true", help="print the stored comparison, run nothing")
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
+    report = commands.add_parser(
+        "report", help="every study's trials → reports/: verdict tables, the papers beside ours, geometry, figures"
+    )
+    report.add_argument("--runs", metavar="DIR", help="refresh studies from DIR/<study>/optuna.db (default: "
+                        "runs/sweeps when it exists)")  # fmt: skip
+    report.add_argument("--storage", metavar="URL", help="refresh studies from this Optuna storage")
+    report.add_argument("--study", dest="studies", action="append", default=[], metavar="NAME",
+                        help="report only these studies (repeatable; default: every study file with data)")  # fmt: skip
+    report.add_argument("--sweeps", metavar="DIR", default="sweeps", help="study files (default: sweeps)")
+    report.add_argument("--out", metavar="DIR", default="reports", help="report folder (default: reports)")
+    report.add_argument("--data", metavar="DIR", help="trial CSVs (default: OUT/data)")
+    report.add_argument("--format", default="md,csv", metavar="md,csv,tex", help="outputs (default: md,csv)")
+    report.add_argument("--bench", action="store_true", help="re-measure every arm's speed, interleaved, here")
+    report.add_argument("--no-wandb", action="store_true", help="do not log the W&B report runs")
     return parser
 
 
@@ -117,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(args, sys.argv[1:] if argv is None else list(argv))
     if args.command == "bench":
         return _bench(args)
+    if args.command == "report":
+        return _report(args)
     try:
         config = load_config(args.config, args.overrides, profile=args.profile)
     except ConfigError as error:
@@ -268,13 +284,68 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
             return 0
         print()
         print(sweep.write_outputs(study, optuna_study, out_dir, name), flush=True)
-        print(f"\ntrials, metrics and configs: {out_dir} (summary.md, summary.json, trials.json) and {url}")
+        print(
+            f"\ntrials, metrics and configs: {out_dir} (summary.md, summary.json, trials.json) and {sweep.redact(url)}"
+        )
+        _sweep_report(study, name, url, out_dir)
         return 0
     except (sweep.SweepError, StudyError) as error:
         return _error(error)
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C inside a fit into SystemExit(1)
         print("\nablations: interrupted; run the same command again to continue the study", file=sys.stderr)
         return 130
+
+
+def _sweep_report(study, name: str, url: str, out_dir: Path) -> None:
+    """The study's report (the same pages ``make report`` writes) in the run folder; a failure here never
+    fails the sweep, whose results are stored."""
+    from ablations.report.build import generate
+    from ablations.results import ResultsError
+
+    if name != study.name or study.path is None:
+        print(
+            f"report: study name {name!r} differs from the file's; run `ablations report --storage URL --study {name}`"
+        )
+        return
+    try:
+        generate(
+            sweeps_dir=study.path.parent,
+            out_dir=out_dir / "report",
+            storage=url,
+            study_names=[name],
+            index=False,
+            printer=lambda line: None,
+        )
+    except ResultsError as error:
+        print(f"report: not written ({error})")
+        return
+    print(f"report: {out_dir / 'report' / (name + '.md')} (`make report` adds it to reports/ with the others)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ablations.report.build import generate
+    from ablations.results import ResultsError
+
+    runs = Path(args.runs) if args.runs else (Path("runs/sweeps") if Path("runs/sweeps").is_dir() else None)
+    if runs is not None and not args.runs and not any(runs.glob("*/optuna.db")):
+        runs = None  # the default folder holds no storage: report from the committed data
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    try:
+        reports = generate(
+            sweeps_dir=Path(args.sweeps),
+            out_dir=Path(args.out),
+            data_dir=Path(args.data) if args.data else None,
+            runs=runs,
+            storage=args.storage,
+            study_names=args.studies,
+            formats=formats,
+            bench=args.bench,
+            wandb=not args.no_wandb,
+        )
+    except ResultsError as error:
+        return _error(error)
+    print(f"wrote {len(reports)} study report(s) and {Path(args.out) / 'README.md'}")
+    return 0
 
 
 def _worker_argv(argv: list[str]) -> list[str]:

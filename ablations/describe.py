@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from ablations.analysis import count_macs, count_params, hdc_rule, network_field_of_view, stage_dilations
+from ablations.analysis import (
+    conv_geometry,
+    count_macs,
+    count_params,
+    hdc_rule,
+    network_field_of_view,
+    stage_dilations,
+)
 from ablations.config import ExperimentConfig
 from ablations.dilation import scale_rates
 from ablations.model import DeepLab, build_model
@@ -74,6 +81,7 @@ def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513))
         },
         "macs": count_macs(model, input_size),
     }
+    _add_geometry(summary, model, input_size)
     summary.update(network_field_of_view(model))
     summary["hdc_rule"] = {
         stage: hdc_rule(rates)
@@ -92,9 +100,39 @@ def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513))
             eval_summary["measured_output_stride"] = measure_output_stride(model)
             eval_summary["units"] = model.backbone.conv_table()
             eval_summary["macs"] = count_macs(model, input_size)
+            _add_geometry(eval_summary, model, input_size)
             eval_summary.update(network_field_of_view(model))
     summary["eval"] = eval_summary
     return summary
+
+
+def _add_geometry(summary: dict[str, Any], model: DeepLab, input_size: tuple[int, int]) -> None:
+    """``valid_taps`` (and the map each conv reads) on every unit row, and ``context_geometry``: one entry per
+    context conv wider than 1×1 (the atrous branches), from a forward pass at ``input_size``."""
+    geometry = conv_geometry(model, input_size)
+    name_of = {id(m): n for n, m in model.named_modules()}
+    convs = [conv for units in model.backbone.stage_units().values() for unit in units for conv in unit]
+    for row, conv in zip(summary["units"], convs, strict=True):
+        g = geometry.get(name_of[id(conv)])
+        if g is not None:
+            row.update(size=g["size"], valid_taps=g["valid_taps"], degenerate=g["degenerate"])
+    summary["context_geometry"] = [
+        {"module": name.removeprefix("context."), "rate": g["dilation"], "size": g["size"],
+         "valid_taps": g["valid_taps"], "degenerate": g["degenerate"]}
+        for name, g in geometry.items()
+        if name.startswith("context.")
+    ]  # fmt: skip
+
+
+def degenerate_convs(summary: dict[str, Any]) -> list[str]:
+    """Human names of the dilated convs of a ``describe`` summary that see only their centre tap."""
+    out = [
+        f"{u['block']}.{u['unit']} r{u['dilation']}"
+        for u in summary["units"]
+        if u.get("degenerate") and u["dilation"] > 1
+    ]
+    out += [f"context r{c['rate']}" for c in summary["context_geometry"] if c["degenerate"]]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -123,6 +161,8 @@ def format_summary(s: dict[str, Any]) -> str:
                 g for g, m2, gcd in zip(rule["groups"], rule["m2"], rule["gcd"], strict=True) if m2 > 3 or gcd > 1
             ]
             grid += "; HDC rule ok" if rule["ok"] else f"; HDC rule fails on {_runs(failing[0])}"
+        taps = [u["valid_taps"] for u in s["units"] if u["block"] == block and "valid_taps" in u]
+        grid += f"; valid taps ≥ {min(taps):.2f}" if taps and max(stage_rates) > 1 else ""
         lines.append(f"  {block:<8}{strides[block]:>7}  {_runs(stage_rates):<40}{grid}")
     ctx = s["context"]
     if c["kind"] == "none":
@@ -138,6 +178,15 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{ctx['reference_output_stride']} → {tuple(ctx['rates'])} at OS {b['output_stride']}, image pooling "
             f"{'on (norm ' + c['pooling_norm'] + ')' if c['image_pooling'] else 'off'}, "
             f"{'separable' if c['separable'] else 'standard'} 3×3, {c['channels']} channels, {ctx['branches']} branches"
+        )
+    if s["context_geometry"]:
+        side = "×".join(map(str, s["context_geometry"][0]["size"]))
+        shares = " / ".join(f"r{c['rate']} {c['valid_taps']:.2f}" for c in s["context_geometry"])
+        lines.append(f"          valid taps of the context's 3×3 convs on the {side} map: {shares}")
+    degenerate = degenerate_convs(s)
+    if degenerate:
+        lines.append(
+            f"geometry  only the centre tap is real (rate ≥ map side, a 1×1 conv) for: {', '.join(degenerate)}"
         )
     if s["decoder"]:
         lines.append(

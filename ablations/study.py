@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
+from ablations.results import names
 
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving")
@@ -52,7 +53,10 @@ STUDY_KEYS = {
     "objectives",
     "budget",
     "pruner",
+    "baseline",
+    "min_effect",
 }
+DEFAULT_MIN_EFFECT = 0.01  # one mIoU point: the smallest difference a report calls better or worse
 
 
 class StudyError(ValueError):
@@ -105,6 +109,8 @@ class Study:
     budget: int | None
     pruner: Mapping[str, Any] | None
     sets: tuple[str, ...] = ()  # command-line --set overrides, applied after ``fixed`` and before arms
+    baseline: str | None = None  # the arm every other arm is compared with (default: the first)
+    min_effect: float = DEFAULT_MIN_EFFECT  # smallest |Δ| of the first objective worth calling better or worse
 
     @property
     def is_grid(self) -> bool:
@@ -143,7 +149,8 @@ class Study:
 
     def fingerprint(self) -> str:
         """What makes two runs the same study: everything but the description, seeds and budget (which may
-        grow between runs of one study)."""
+        grow between runs of one study), and the baseline and minimum effect (which only change how the results
+        are compared, not what runs)."""
         identity = {
             "profile": self.profile,
             "base": str(self.base) if self.base else None,
@@ -173,6 +180,8 @@ class Study:
             "objectives": [f"{o.direction} {o.metric}" for o in self.objectives],
             "budget": self.total,
             "sets": list(self.sets),
+            "baseline": self.baseline,
+            "min_effect": self.min_effect,
         }
 
     def _where(self) -> str:
@@ -268,7 +277,7 @@ def parse_study(
     elif sampler == "grid" and space:
         sampler = "random"  # the grid is arms × seeds; the nuisance parameters are drawn at random
 
-    objectives = tuple(_objective(o, where) for o in raw.get("objectives", [{"metric": "val/mIoU"}]))
+    objectives = tuple(_objective(o, where) for o in raw.get("objectives", [{"metric": names.MIOU}]))
     if not objectives:
         raise fail("objectives", [], "at least one {metric, direction}")
     budget = budget if budget is not None else raw.get("budget")
@@ -290,6 +299,24 @@ def parse_study(
         if key in controlled:
             raise StudyError(f"{where}: --set {s!r} sets {key}, which the study varies; drop it or edit the study")
 
+    baseline = raw.get("baseline")
+    if baseline is not None:
+        if axis is None:
+            raise fail("baseline", baseline, "only a study with an axis has arms to compare with a baseline")
+        if str(baseline) not in [a.label for a in arms]:
+            raise fail("baseline", baseline, f"one of the arms {[a.label for a in arms]}")
+        baseline = str(baseline)
+    elif axis is not None:
+        baseline = arms[0].label
+    min_effect = raw.get("min_effect", DEFAULT_MIN_EFFECT)
+    if (
+        not isinstance(min_effect, int | float)
+        or isinstance(min_effect, bool)
+        or not math.isfinite(min_effect)
+        or min_effect <= 0
+    ):
+        raise fail("min_effect", min_effect, "a finite number > 0 (in the first objective's units, e.g. 0.01 mIoU)")
+
     study = Study(
         name=name,
         path=path,
@@ -306,6 +333,8 @@ def parse_study(
         budget=budget if axis is None else None,
         pruner=pruner,
         sets=tuple(sets),
+        baseline=baseline,
+        min_effect=float(min_effect),
     )
     _check_configs(study, where)
     return study

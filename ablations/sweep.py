@@ -40,8 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from ablations.results import names, tables
+from ablations.results.frames import failure_kind, redact, trial_frame, trial_records
 from ablations.study import Study
 from ablations.train import json_safe as _json_safe
 
@@ -52,27 +55,7 @@ GRACE_S = 120
 
 # Metrics copied from a run's metrics.json into the trial (the rest stays in the run folder and in W&B).
 REUSE_CAP = 5  # a search asks at most this many times its budget of points, reused ones included
-KEPT_METRICS = (
-    "val/mIoU",
-    "val/pixel_acc",
-    "val/mIoU_small",
-    "val/mIoU_medium",
-    "val/mIoU_large",
-    "val/boundary_mIoU",
-    "train/images_per_s",
-    "train/step_time_s",
-    "train/mfu",
-    "precision",
-    "channels_last",
-    "compile",
-    "peak_memory_mb",
-    "params",
-    "best_step",
-    "device",
-    "wall_time_s",
-    "wandb_run_dir",
-    "best_checkpoint",
-)
+KEPT_METRICS = names.KEPT_METRICS
 
 
 class SweepError(RuntimeError):
@@ -113,16 +96,6 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise SweepError(f"--storage {redact(url)}: cannot open ({type(error).__name__}: {first})") from None
     raise AssertionError("unreachable")
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        user, has_password, _ = credentials.partition(":")
-        return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
-    return url
 
 
 def open_study(study: Study, storage: optuna.storages.RDBStorage, study_name: str) -> optuna.Study:
@@ -183,13 +156,6 @@ def make_pruner(study: Study) -> optuna.pruners.BasePruner:
 
 # --------------------------------------------------------------------------------------------------------------
 # Trial bookkeeping
-
-
-def failure_kind(trial: FrozenTrial) -> str | None:
-    failure = trial.user_attrs.get("failure")
-    if isinstance(failure, dict):
-        return failure.get("kind")
-    return "interrupted" if trial.state == TrialState.FAIL else None  # failed by Optuna's heartbeat check
 
 
 def is_settled(trial: FrozenTrial, *, retry_failed: float | None = None) -> bool:
@@ -577,7 +543,7 @@ def run_trial(
         return "FAIL"
     optuna_study.tell(trial, values=[float(v) for v in values])
     shown = ", ".join(f"{o.metric} {v:.4f}" for o, v in zip(study.objectives, values, strict=True))
-    ips = metrics.get("train/images_per_s")
+    ips = metrics.get(names.TRAIN_IPS)
     progress.line(
         f"trial {trial.number} {label} seed {seed}: {shown}"
         + (f", {ips:.1f} img/s" if isinstance(ips, float) else "")
@@ -594,7 +560,7 @@ def _inference_figures(config) -> dict[str, Any]:
     try:
         return inference_figures(config)
     except Exception as error:  # a measurement, not the result
-        return {"infer/error": f"{type(error).__name__}: {str(error)[:200]}"}
+        return {names.INFER_ERROR: f"{type(error).__name__}: {str(error)[:200]}"}
     finally:
         _release_memory()
 
@@ -734,130 +700,58 @@ def spawn_workers(argv: Sequence[str], workers: int, *, started: float | None = 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The comparison table
+# The comparison table (the results layer renders it; the same code makes the reports)
 
 
 def trial_rows(optuna_study: optuna.Study) -> list[dict[str, Any]]:
-    """One flat dict per trial: number, state, arm, seed, params, failure and every stored metric."""
-    rows = []
-    for t in optuna_study.get_trials(deepcopy=False):
-        if failure_kind(t) == "duplicate" or "reused_from" in t.user_attrs:
-            continue  # ran nothing: a duplicate claim, or a search point already trained
-        row = {
-            "trial": t.number,
-            "state": t.state.name,
-            "arm": t.user_attrs.get("arm"),
-            "seed": t.user_attrs.get("seed"),
-            "failure": failure_kind(t),
-            "duration_s": (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_start and t.datetime_complete
-            else None,
-        }
-        row.update({f"param:{k}": v for k, v in t.params.items() if k not in ("arm", "seed")})
-        row.update(t.user_attrs.get("stats", {}))
-        row.update(t.user_attrs.get("metrics", {}))
-        rows.append(row)
-    return rows
+    """One flat dict per trial that ran: number, state, arm, seed, params, failure and every stored metric."""
+    return trial_records(optuna_study.get_trials(deepcopy=False))
 
 
-def comparison(study: Study, optuna_study: optuna.Study) -> list[dict[str, Any]]:
-    """Per arm: completed runs, mIoU mean ± std over seeds, per-size mIoU, throughput, MACs, params, failures."""
-    rows = trial_rows(optuna_study)
-    order = list(study.arm_labels) or sorted({r["arm"] for r in rows if r["arm"]})
-    table = []
-    for arm in order:
-        done = [r for r in rows if r["arm"] == arm and r["state"] == "COMPLETE"]
-        failed = [r for r in rows if r["arm"] == arm and r["state"] == "FAIL" and r["failure"] in FINISHED_FAILURES]
-        pruned = [r for r in rows if r["arm"] == arm and r["state"] == "PRUNED"]
-        entry: dict[str, Any] = {"arm": arm, "runs": len(done), "failed": len(failed), "pruned": len(pruned)}
-        for metric in (
-            "val/mIoU",
-            "val/mIoU_small",
-            "val/mIoU_medium",
-            "val/mIoU_large",
-            "train/images_per_s",
-            "infer/images_per_s",
-        ):
-            values = [r[metric] for r in done if isinstance(r.get(metric), int | float)]
-            entry[metric] = statistics.fmean(values) if values else None
-            entry[metric + ":std"] = statistics.stdev(values) if len(values) > 1 else None
-        for metric in ("macs", "params", "receptive_field", "peak_memory_mb", "infer/macs"):
-            values = [r[metric] for r in done if isinstance(r.get(metric), int | float)]
-            entry[metric] = statistics.fmean(values) if values else None
-        entry["failures"] = sorted({r["failure"] for r in failed})
-        table.append(entry)
-    return table
+def comparison(study: Study, optuna_study: optuna.Study, *, geometry: Any = None) -> dict[str, Any]:
+    """The verdict tables of a grid study (``results.tables.study_tables``) or the points and Pareto front of
+    a search study."""
+    df = trial_frame(optuna_study)
+    if study.is_grid:
+        return tables.study_tables(study, df, geometry=geometry, short=True)
+    objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
+    points, front = tables.search_frame(df, objectives)
+    return {"points": points, "front": front, "display": tables.search_display(points, objectives)}
 
 
-def format_table(study: Study, table: list[dict[str, Any]], *, study_name: str) -> str:
-    def num(value, fmt):
-        return "—" if value is None else format(value, fmt)
-
-    def pm(entry, metric):
-        mean, std = entry.get(metric), entry.get(metric + ":std")
-        if mean is None:
-            return "—"
-        return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
-
-    best = max((e for e in table if e["val/mIoU"] is not None), key=lambda e: e["val/mIoU"], default=None)
-    header = [
-        "arm",
-        "runs",
-        "mIoU (mean ± std)",
-        "small",
-        "medium",
-        "large",
-        "train img/s",
-        "infer img/s",
-        "GMACs",
-        "params (M)",
-        "notes",
-    ]
-    lines = []
-    for e in table:
-        notes = []
-        if e["failed"]:
-            notes.append(f"{e['failed']} failed ({', '.join(e['failures'])})")
-        if e["pruned"]:
-            notes.append(f"{e['pruned']} pruned")
-        if best is e:
-            notes.insert(0, "best")
+def format_table(study: Study, result: dict[str, Any], *, study_name: str, geometry: Any = None) -> str:
+    title = f"{study_name}: {study.axis or 'search'} — {study.description.split('. ')[0] if study.description else ''}"
+    lines = [title.rstrip(" —"), tables.render(result["display"], "text"), ""]
+    if study.is_grid:
+        lines.append(tables.headline(study, result))
+        if geometry is not None:
+            lines.append(f"geometry: {geometry.summary()}")
+        lines.append(tables.VERDICT_RULE)
         lines.append(
-            [
-                e["arm"],
-                str(e["runs"]),
-                pm(e, "val/mIoU"),
-                num(e["val/mIoU_small"], ".3f"),
-                num(e["val/mIoU_medium"], ".3f"),
-                num(e["val/mIoU_large"], ".3f"),
-                num(e["train/images_per_s"], ".1f"),
-                num(e["infer/images_per_s"], ".1f"),
-                num(e["macs"] / 1e9 if e["macs"] is not None else None, ".3f"),
-                num(e["params"] / 1e6 if e["params"] is not None else None, ".2f"),
-                "; ".join(notes),
-            ]
+            "train/infer img/s (trial): each trial's own figures, taken minutes apart (a record, not a comparison; "
+            "`ablations report --bench` times the arms interleaved); GMACs: one training-stride forward pass."
         )
-    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:{'<' if i in (0, len(header) - 1) else '>'}{w}}}" for i, w in enumerate(widths))
-    title = f"{study_name}: {study.axis or 'search'} — {study.description.splitlines()[0] if study.description else ''}"
-    out = [title.rstrip(" —"), fmt.format(*header), fmt.format(*["-" * w for w in widths])]
-    out += [fmt.format(*row) for row in lines]
-    seeds = ", ".join(map(str, study.seeds))
-    out.append(
-        f"mIoU and per-size mIoU (small/medium/large objects) are means over seeds {seeds}; train img/s: "
-        "optimisation steps only; infer img/s: the arm's evaluation (its eval output stride, scales and flip) at "
-        "the training crop and evaluation batch; GMACs: one training-stride forward pass per image at the crop."
-    )
-    return "\n".join(out)
+    else:
+        lines.append(
+            f"Pareto front over {', '.join(o.metric for o in study.objectives)} from seed means "
+            f"({len(result['front'])} points): candidates to re-run over seeds, not verdicts."
+        )
+    return "\n".join(lines)
 
 
 def write_outputs(study: Study, optuna_study: optuna.Study, out_dir: Path, study_name: str) -> str:
     """Print-ready table; also ``summary.md``, ``summary.json`` and ``trials.json`` in the run folder."""
-    table = comparison(study, optuna_study)
-    text = format_table(study, table, study_name=study_name)
+    from ablations.geometry import study_geometry
+
+    geometry = study_geometry(study) if study.is_grid else None
+    result = comparison(study, optuna_study, geometry=geometry)
+    text = format_table(study, result, study_name=study_name, geometry=geometry)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.md").write_text("```\n" + text + "\n```\n")
-    (out_dir / "summary.json").write_text(json.dumps(_json_safe(table), indent=2))
+    frames = {k: v for k, v in result.items() if isinstance(v, pd.DataFrame) and k != "display"}
+    summary = {k: json.loads(v.to_json(orient="records")) for k, v in frames.items()}
+    summary.update({k: v for k, v in result.items() if k in ("best", "front")})
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "trials.json").write_text(json.dumps(_json_safe(trial_rows(optuna_study)), indent=2, default=str))
     return text
 

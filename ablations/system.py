@@ -17,6 +17,7 @@ from ablations.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ablations.inference import predict_probabilities
 from ablations.metrics import SegmentationMetrics
 from ablations.model import build_model
+from ablations.results import names
 
 
 class DivergedError(FloatingPointError):
@@ -95,8 +96,8 @@ class SegmentationSystem(pl.LightningModule):
             torch.isfinite(loss)
         ):
             raise DivergedError(f"training diverged: loss is {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        self.log(names.TRAIN_LOSS, loss, prog_bar=True, batch_size=batch_size)
+        self.log(names.TRAIN_LR, self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
     # Evaluation runs at eval.output_stride with rescaled rates (v3 Table 10) and eval.scales / eval.flip.
@@ -115,12 +116,12 @@ class SegmentationSystem(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.model.set_output_stride(self._train_output_stride)
-        results = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+        results = {f"{names.VAL}{k}": v for k, v in self.val_metrics.compute().items()}
         self.val_metrics.reset()
         self.log_dict({k: v for k, v in results.items() if not math.isnan(v)})  # NaN: class absent from both
         results["step"] = self.global_step
         self.history.append(results)
-        if not self.best or results["val/mIoU"] > self.best["val/mIoU"]:
+        if not self.best or results[names.MIOU] > self.best[names.MIOU]:
             self.best = results
 
     def configure_optimizers(self):

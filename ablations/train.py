@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 from ablations.bench import cpu_name, synchronize
 from ablations.config import ExperimentConfig
 from ablations.data.module import SegmentationDataModule
+from ablations.results import names
 from ablations.system import SegmentationSystem
 
 
@@ -54,6 +55,7 @@ def make_logger(
         offline=mode == "offline",
         mode=mode,
         config={"config": config.to_dict(), **(extra or {})},
+        job_type="train",
     )
 
 
@@ -99,9 +101,9 @@ class Throughput(pl.Callback):
         if not self.step_times:
             return {}
         total = sum(self.step_times)
-        result = {"train/images_per_s": self.images / total, "train/step_time_s": statistics.median(self.step_times)}
+        result = {names.TRAIN_IPS: self.images / total, names.TRAIN_STEP_S: statistics.median(self.step_times)}
         if self.flops_per_step and self.available_flops:
-            result["train/mfu"] = self.flops_per_step / result["train/step_time_s"] / self.available_flops
+            result[names.TRAIN_MFU] = self.flops_per_step / result[names.TRAIN_STEP_S] / self.available_flops
         return result
 
 
@@ -152,7 +154,7 @@ def train(
         dirpath=out_dir / "checkpoints",
         filename="step{step}-mIoU{val/mIoU:.4f}",
         auto_insert_metric_name=False,
-        monitor="val/mIoU",
+        monitor=names.MIOU,
         mode="max",
         save_top_k=t.checkpoints,
     )
@@ -203,6 +205,7 @@ def train(
         "history": system.history,
     }
     metrics.pop("step", None)
+    # The run's summary holds the best validation's metrics (the best checkpoint's), not a maximum over steps.
     logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     logger.finalize("success")
     if hasattr(logger.experiment, "finish"):

@@ -24,10 +24,17 @@ def layer(summary: dict, block: str) -> list[int]:
 
 def test_json_has_the_promised_keys(capsys):
     s = describe_json(capsys)
-    for key in ("config", "output_stride", "units", "context", "params", "macs", "receptive_field", "gridding_holes"):
+    for key in (
+        "config", "output_stride", "units", "context", "context_geometry", "params", "macs", "receptive_field",
+        "gridding_holes",
+    ):  # fmt: skip
         assert key in s
     assert s["config"]["backbone"]["output_stride"] == 16
-    assert set(s["units"][0]) == {"block", "unit", "conv", "stride", "dilation"}
+    assert set(s["units"][0]) == {"block", "unit", "conv", "stride", "dilation", "size", "valid_taps", "degenerate"}
+    # At 65² and OS 16 the map is 5×5: ASPP's rate-6/12/18 branches see only their centre tap (1 of 9).
+    assert [c["valid_taps"] for c in s["context_geometry"]] == [1 / 9] * 3
+    assert [c["size"] for c in s["context_geometry"]] == [[5, 5]] * 3
+    assert all(c["degenerate"] for c in s["context_geometry"])
     assert s["context"] == s["context"] | {
         "kind": "aspp",
         "topology": "parallel",

@@ -109,6 +109,9 @@ def test_grid_sweep_runs_every_arm_and_seed_once_and_prints_the_table(workdir, c
     table = printed[printed.index("tiny: multi_grid") :]
     assert "(1,1,1)" in table and "(1,2,4)" in table and " ± " in table
     assert (out_dir / "summary.md").is_file() and (out_dir / "summary.json").is_file()
+    # Two seeds resolve nothing: the table says so and names no best arm; the study's report is written.
+    assert "no arm is resolved best" in table and "inconclusive" in table and "(best)" not in table
+    assert (out_dir / "report" / "tiny.md").is_file() and (out_dir / "report" / "data" / "tiny.csv").is_file()
 
     # Running the same command again runs nothing: completed trials are never re-run.
     assert main(["sweep", str(path)]) == 0
@@ -296,7 +299,7 @@ def test_a_search_reuses_points_it_has_trained_and_stops_when_it_sees_nothing_ne
     assert all(t.params == by_number[t.user_attrs["reused_from"]].params for t in reused)
     assert len(list((workdir / "runs" / "sweeps" / "small" / "trials").iterdir())) == 2  # two training runs
     assert "stopping at 2 distinct points of the budget 3" in out
-    assert [r["runs"] for r in sweep.comparison(load_study(path), study)] == [1, 1]
+    assert sweep.comparison(load_study(path), study)["points"]["seeds"].tolist() == [1, 1]  # reused: not rows
 
 
 # --------------------------------------------------------------------------------------------------------------

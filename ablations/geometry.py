@@ -1,0 +1,179 @@
+"""Can a study's crop answer its question? The geometry check of every arm (DeepLab v3 §3.3, Fig. 4).
+
+For each arm, built on the meta device at the study's training crop: every dilated 3×3 conv of the residual
+stages and of the context module with the map it reads and its **valid-tap share** (``analysis.valid_taps``).
+The arm's **studied convs** are the convs whose rate (or presence) differs from the baseline's — for the
+baseline, from any other arm's. A studied conv is **degenerate** when its rate is at least the side of the map it
+reads: only the centre tap lands on features, and it is a 1×1 conv.
+
+Two arms are **the same network** at this crop when their ``analysis.network_signature`` is equal, at the
+training and at the evaluation output stride: every module and every tap reads the same input, so with the same
+weights they compute the same function (multi-grid (1,2,3) and (1,2,4) at 96², whose rates 6 and 8 on a 6×6 map
+are both 1×1 convs). A difference between such arms measures noise, not the studied choice. A study whose arms
+are all the same network cannot be answered at this crop; one where some are, only partly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ablations.analysis import conv_geometry, network_signature
+from ablations.study import Study
+
+ANSWERABLE, PARTLY, CANNOT = "answerable", "partly answerable", "cannot answer"
+
+
+@dataclass(frozen=True)
+class ArmGeometry:
+    arm: str
+    crop: int
+    feature_size: tuple[int, int]
+    convs: dict[str, dict[str, Any]]  # module name → conv_geometry entry (dilated convs only)
+    studied: tuple[str, ...] = ()
+    same_as: str | None = None  # an earlier arm with the same network signature
+
+    @property
+    def degenerate(self) -> tuple[str, ...]:
+        return tuple(n for n in self.studied if self.convs[n]["degenerate"])
+
+    @property
+    def min_valid(self) -> float | None:
+        return min((self.convs[n]["valid_taps"] for n in self.studied), default=None)
+
+    def note(self) -> str:
+        """One cell of a table: the studied convs' valid taps and what the crop does to them."""
+        parts = []
+        if self.studied:
+            shares = [self.convs[n]["valid_taps"] for n in self.studied]
+            parts.append(f"studied convs' valid taps {min(shares):.2f}–{max(shares):.2f}")
+            if self.degenerate and len(self.degenerate) == len(self.studied):
+                parts.append(f"all {len(self.studied)} degenerate (1×1)")
+            elif self.degenerate:
+                parts.append(f"{len(self.degenerate)} of {len(self.studied)} degenerate (1×1)")
+        if self.same_as is not None:
+            parts.append(f"same network as {self.same_as} at {self.crop}²")
+        return "; ".join(parts) or "no dilated conv differs"
+
+    def degenerate_text(self) -> str:
+        return ", ".join(f"{_short(n)} r{self.convs[n]['dilation']} on {_side(self.convs[n])}" for n in self.degenerate)
+
+
+@dataclass(frozen=True)
+class StudyGeometry:
+    study: str
+    crop: int
+    arms: dict[str, ArmGeometry] = field(default_factory=dict)
+
+    @property
+    def identical_to(self) -> dict[str, str]:
+        return {a: g.same_as for a, g in self.arms.items() if g.same_as is not None}
+
+    def same_network(self, a: str, b: str) -> bool:
+        ga, gb = self.arms[a], self.arms[b]
+        return (ga.same_as or a) == (gb.same_as or b)
+
+    @property
+    def verdict(self) -> str:
+        groups = {g.same_as or a for a, g in self.arms.items()}
+        if len(self.arms) > 1 and len(groups) == 1:
+            return CANNOT
+        if self.identical_to or any(g.degenerate for g in self.arms.values()):
+            return PARTLY
+        return ANSWERABLE
+
+    def summary(self) -> str:
+        """One sentence for a report: can this crop answer the study's question?"""
+        if self.verdict == CANNOT:
+            return (
+                f"this profile cannot answer this question: at {self.crop}² every arm builds the same network "
+                "(the convs the arms differ in are 1×1 convs here)"
+            )
+        notes = []
+        for arm, g in self.arms.items():
+            if g.same_as is not None:
+                notes.append(f"{arm} is the same network as {g.same_as}")
+            elif g.degenerate:
+                notes.append(f"{arm}: {g.degenerate_text()} see only their centre tap")
+        if not notes:
+            return f"answerable at {self.crop}²: every studied conv has more than its centre tap on the map"
+        return f"partly answerable at {self.crop}²: " + "; ".join(notes)
+
+    def brief(self) -> str:
+        """The same in a table cell: the verdict, which arms are the same network, where studied convs are 1×1."""
+        if self.verdict == CANNOT:
+            return f"no: every arm is the same network at {self.crop}²"
+        if self.verdict == ANSWERABLE:
+            return f"yes at {self.crop}²"
+        parts = [f"{a} ≡ {g.same_as}" for a, g in self.arms.items() if g.same_as is not None]
+        degenerate = [f"{a} ({len(g.degenerate)} of {len(g.studied)})" for a, g in self.arms.items() if g.degenerate]
+        text = f"partly at {self.crop}²"
+        if parts:
+            text += "; same network: " + ", ".join(parts)
+        if degenerate:
+            text += "; studied convs that are 1×1 here: " + ", ".join(degenerate)
+        return text
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("backbone.").replace("context.", "context ", 1)
+
+
+def _side(g: dict[str, Any]) -> str:
+    return "×".join(map(str, g["size"]))
+
+
+def _dilated(geometry: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {n: g for n, g in geometry.items() if g["kernel"] == 3 and (g["dilation"] > 1 or n.startswith("context."))}
+
+
+def arm_geometry(config, crop: int, arm: str = "") -> tuple[ArmGeometry, tuple]:
+    """The dilated convs of one config at ``crop`` and its signature (training and evaluation geometry)."""
+    from ablations.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(config, load_weights=False)
+    size = (crop, crop)
+    convs = _dilated(conv_geometry(model, size))
+    with torch.no_grad():
+        features = tuple(model.backbone(torch.zeros(1, 3, *size, device="meta"))["out"].shape[-2:])
+        signature = [network_signature(model, size)]
+        if config.eval_output_stride != config.backbone.output_stride:
+            with model.at_output_stride(config.eval_output_stride):
+                signature.append(network_signature(model, size))
+    rest = config.to_dict()
+    for section in ("backbone", "context", "decoder", "head"):
+        rest.pop(section, None)
+    rest.get("train", {}).pop("seed", None)
+    signature.append(repr(sorted(rest.items())))
+    return ArmGeometry(arm, crop, features, convs), tuple(signature)
+
+
+def study_geometry(study: Study, seed: int | None = None) -> StudyGeometry | None:
+    """Geometry of every arm of a grid study at its training crop; None for a search study."""
+    if not study.is_grid:
+        return None
+    seed = study.seeds[0] if seed is None else seed
+    built: dict[str, tuple[ArmGeometry, tuple]] = {}
+    crop = 0
+    for arm in study.arm_labels:
+        config = study.resolve(arm, seed)
+        crop = config.data.crop_size or config.data.image_size
+        built[arm] = arm_geometry(config, crop, arm)
+    # A conv is studied where the arms differ in it: its rate, its input (serial ASPP), its map, or its presence.
+    keys = {
+        arm: {(n, g["dilation"], g["in_channels"], g["groups"], tuple(g["size"])) for n, g in geo.convs.items()}
+        for arm, (geo, _) in built.items()
+    }
+    baseline = study.baseline or study.arm_labels[0]
+    arms: dict[str, ArmGeometry] = {}
+    seen: dict[tuple, str] = {}
+    for arm, (geo, signature) in built.items():
+        against = [keys[a] for a in keys if a != arm] if arm == baseline else [keys[baseline]]
+        studied = {k[0] for k in keys[arm] if any(k not in other for other in against)}
+        same = seen.get(signature)
+        seen.setdefault(signature, arm)
+        arms[arm] = ArmGeometry(arm, crop, geo.feature_size, geo.convs, tuple(sorted(studied)), same)
+    return StudyGeometry(study.name, crop, arms)

@@ -1,0 +1,537 @@
+"""``ablations report``: every study's stored trials → ``reports/``.
+
+Inputs, per study: the trial CSV ``<data>/<study>.csv`` (the source of truth; committed), refreshed from the
+study's Optuna storage when one is given or found; the speed CSV ``<data>/<study>.speed.csv`` (one interleaved
+bench run over the arms, written with ``--bench``); ``<data>/<study>.meta.json`` (where and when the data was
+refreshed); the study file ``sweeps/<study>.yaml``; ``reports/papers.yaml``.
+
+Outputs: ``<out>/<study>.md`` (question, setup, per-arm table with verdicts, Δ table, the papers side by side,
+geometry, figures), ``<out>/README.md`` (one line per study), ``<out>/figures/<study>-*.png``,
+``<out>/tables/<study>.{arms,comparisons}.csv`` and, with ``tex``, ``<out>/tables/<study>.tex``. Everything is
+computed in memory first and written only when every study succeeded, each file through a temporary file and a
+rename; the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ablations.geometry import StudyGeometry, study_geometry
+from ablations.report import figures
+from ablations.report.papers import Published, load_papers, paper_frame, papers_for
+from ablations.results import names, stats, tables
+from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic, write_bytes_atomic
+from ablations.study import Study, StudyError, load_study
+
+FORMATS = ("md", "csv", "tex")
+PAPERS_CAVEAT = (
+    "The papers trained ImageNet-pretrained networks (ResNet-101 unless the table says otherwise) on PASCAL VOC "
+    "2012 (or Cityscapes) and report mIoU in %; these runs train {model} from scratch on {data}. Compare directions, "
+    "not values."
+)
+
+
+@dataclass
+class StudyReport:
+    study: Study
+    trials: pd.DataFrame
+    meta: dict[str, Any]
+    speed: pd.DataFrame | None = None
+    geometry: StudyGeometry | None = None
+    tables: dict[str, Any] = field(default_factory=dict)
+    papers: list[tuple[Published, pd.DataFrame]] = field(default_factory=list)
+    search: tuple[pd.DataFrame, list[str]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def git_commit(cwd: str | Path = ".") -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def find_storages(runs: Path) -> dict[str, str]:
+    """``<runs>/<study>/optuna.db`` → ``{study: sqlite URL}``."""
+    return {p.parent.name: f"sqlite:///{p.resolve()}" for p in sorted(runs.glob("*/optuna.db")) if p.stat().st_size}
+
+
+def load_inputs(
+    study_files: Sequence[Path], data_dir: Path, refreshed: dict[str, pd.DataFrame]
+) -> list[tuple[Study, pd.DataFrame]]:
+    """Each study with its trial frame: the refreshed one, else the CSV in ``data_dir``."""
+    out = []
+    for path in study_files:
+        try:
+            study = load_study(path)
+        except StudyError as error:
+            raise ResultsError(str(error)) from None
+        if study.name in refreshed:
+            df = refreshed[study.name]
+        else:
+            csv = data_dir / f"{study.name}.csv"
+            if not csv.is_file():
+                continue
+            df = read_csv(csv)
+        if not len(df):
+            raise ResultsError(f"study {study.name!r}: no trials in its data")
+        if not (df[names.STATE] == names.COMPLETE).any():
+            states = df[names.STATE].value_counts().to_dict()
+            raise ResultsError(f"study {study.name!r}: no complete trial to report (trials by state: {states})")
+        out.append((study, df))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Analysis
+
+
+def analyse(study: Study, df: pd.DataFrame, meta: dict, speed: pd.DataFrame | None, papers: list[Published]):
+    report = StudyReport(study, df, meta, speed)
+    objective = study.objectives[0]
+    if study.is_grid:
+        report.geometry = study_geometry(study)
+        report.tables = tables.study_tables(study, df, geometry=report.geometry, speed=speed)
+        for entry in papers_for(papers, study.name):
+            report.papers.append(
+                (entry, paper_frame(entry, report.tables["comparisons"], study.baseline, study.min_effect))
+            )
+        if report.papers:
+            report.tables["display"] = tables.study_frame(
+                report.tables["arms"],
+                report.tables["comparisons"],
+                best=report.tables["best"],
+                geometry={a: g.note() for a, g in report.geometry.arms.items()},
+                speed=speed,
+                papers=report.papers[0][1],
+            )
+    else:
+        objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
+        report.search = tables.search_frame(df, objectives)
+    del objective
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _setup(report: StudyReport) -> list[str]:
+    study, df = report.study, report.trials
+    config = study.resolve(study.baseline if study.is_grid else None, study.seeds[0])
+    b, d, t = config.backbone, config.data, config.train
+    crop = d.crop_size or d.image_size
+    devices = sorted({str(x) for x in df.get(names.DEVICE, pd.Series(dtype=str)).dropna()})
+    seeds = sorted({int(s) for s in df[names.SEED].dropna()})
+    meta = report.meta
+    lines = [
+        f"- **Profile** `{study.profile}`; data `{d.name}` ({d.image_size}² images, {crop}² crops"
+        + (f", shapes {list(d.shapes)}" if getattr(d, "shapes", None) else "")
+        + ")",
+        f"- **Model** {b.name} ×{b.width:g}, trained from "
+        + ("ImageNet weights" if b.weights else "scratch")
+        + f"; {t.max_steps} steps of batch {d.batch_size}, lr {t.lr:g}",
+        f"- **Seeds** {', '.join(map(str, seeds))}; **trials** {len(df)} "
+        f"({', '.join(f'{n} {s.lower()}' for s, n in df[names.STATE].value_counts().sort_index().items())})",
+        f"- **Device** {', '.join(devices) or 'not recorded'}",
+        f"- **Data** `reports/data/{study.name}.csv`"
+        + (f", refreshed from `{meta['storage']}`" if meta.get("storage") else "")
+        + (f" at commit `{meta['commit']}`" if meta.get("commit") else ""),
+    ]
+    if study.is_grid:
+        lines.append(f"- **Baseline** `{study.baseline}`; **min_effect** {study.min_effect:g} mIoU")
+    return lines
+
+
+def _model_text(study: Study) -> str:
+    config = study.resolve(study.baseline if study.is_grid else None, study.seeds[0])
+    return f"a {config.backbone.name} ×{config.backbone.width:g}"
+
+
+def _data_text(study: Study) -> str:
+    config = study.resolve(study.baseline if study.is_grid else None, study.seeds[0])
+    d = config.data
+    if d.name == "synthetic":
+        return f"the embedded synthetic benchmark at {d.crop_size or d.image_size}² crops"
+    return f"{d.name} at {d.crop_size or d.image_size}² crops"
+
+
+def comparison_display(comparisons: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in comparisons.to_dict("records"):
+        if r["verdict"] == stats.BASELINE:
+            continue
+        level = r.get("level")
+        rows.append(
+            {
+                "arm": r[names.ARM],
+                "paired seeds": str(r.get("pairs", 0)),
+                "Δ": _f(r.get("delta"), "+.4f"),
+                "interval": "—" if _bad(r.get("low")) else f"[{r['low']:+.4f}, {r['high']:+.4f}]",
+                "level": "—" if _bad(level) else f"{100 * level:.2f} %",
+                "sd of Δ": _f(r.get("sd_diff"), ".4f"),
+                "Holm p": _f(r.get("p_holm"), ".4f"),
+                "verdict": r["verdict_label"],
+                "note": r.get("note") or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _bad(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value)))
+
+
+def _f(value: Any, fmt: str) -> str:
+    return "—" if _bad(value) else format(value, fmt)
+
+
+def geometry_display(geometry: StudyGeometry) -> pd.DataFrame:
+    rows = []
+    for arm, g in geometry.arms.items():
+        rows.append(
+            {
+                "arm": arm,
+                "feature map": "×".join(map(str, g.feature_size)),
+                "studied convs (rate on map: valid taps)": "; ".join(
+                    f"{_short_conv(n)} r{g.convs[n]['dilation']} on {'×'.join(map(str, g.convs[n]['size']))}: "
+                    f"{g.convs[n]['valid_taps']:.2f}"
+                    for n in g.studied
+                ) or "—",
+                "degenerate (1×1)": str(len(g.degenerate)),
+                "same network as": g.same_as or "—",
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _short_conv(name: str) -> str:
+    return name.removeprefix("backbone.").replace("context.", "context ", 1)
+
+
+def papers_display(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in frame.to_dict("records"):
+        rows.append(
+            {
+                "arm": r[names.ARM],
+                "paper mIoU %": r["paper_text"],
+                "paper Δ (points)": r["paper_delta_text"],
+                "our Δ (points)": _f(r.get("ours_delta_points"), "+.2f") if r["paper_delta_text"] != "—" else "—",
+                "our verdict": r["verdict"],
+                "direction": r["direction"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def speed_note(meta: dict) -> str:
+    env = meta.get("speed_environment")
+    if not env:
+        return (
+            "Speed columns are the trials' own figures (`(trial)`), taken minutes apart under whatever else the "
+            "machine ran: a record, not a comparison. `ablations report --bench` measures all arms interleaved."
+        )
+    versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "torchvision") if k in env)
+    return (
+        f"Speed columns: one interleaved `ablations bench` run over the arms on {env.get('device')} ({versions}; "
+        f"{env.get('method', '')}); the trials' own figures are kept in the data as a record."
+    )
+
+
+def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes | str]:
+    """``{relative path: content}`` for one study."""
+    study, name = report.study, report.name
+    out: dict[str, bytes | str] = {}
+    title = f"{name}: {study.axis or 'search'}"
+    lines = [f"# {title}", "", study.description or "", "", "## Setup", "", *_setup(report), ""]
+    if study.is_grid:
+        t, geometry = report.tables, report.geometry
+        lines += ["## Result", "", f"**{tables.headline(study, t)}.**", ""]
+        if geometry is not None:
+            lines += [f"**Geometry:** {geometry.summary()}.", ""]
+        lines += [tables.render(t["display"], "md"), "", tables.VERDICT_RULE, "", speed_note(report.meta), ""]
+        lines += ["## Δ against the baseline", "", tables.render(comparison_display(t["comparisons"]), "md"), ""]
+        if report.papers:
+            lines += ["## The papers beside ours", "", PAPERS_CAVEAT.format(
+                model=_model_text(study), data=_data_text(study)), ""]  # fmt: skip
+            for entry, frame in report.papers:
+                lines += [f"**{entry.source}** — {entry.setup}", "", tables.render(papers_display(frame), "md"), ""]
+        else:
+            lines += ["## The papers beside ours", "", "No published number for this comparison.", ""]
+        if geometry is not None:
+            lines += [
+                "## Geometry",
+                "",
+                f"Valid-tap share of every studied dilated conv at the {geometry.crop}² training crop (1 = every tap "
+                "on the feature map; 0.11 = only the centre tap: a 1×1 conv; DeepLab v3 Fig. 4).",
+                "",
+                tables.render(geometry_display(geometry), "md"),
+                "",
+            ]
+        figs = {
+            f"figures/{name}-seeds.png": figures.seeds_figure(t["arms"], name),
+            f"figures/{name}-forest.png": figures.forest_figure(t["comparisons"], study.min_effect, name),
+        }
+        points = t["arms"].copy()
+        spec = {}
+        if report.speed is not None:
+            points = points.merge(report.speed, on=names.ARM, how="left")
+            spec[names.SPEED_TRAIN_IPS] = ("training images/s (interleaved bench)", True)
+            spec[names.SPEED_INFER_IPS] = ("inference images/s (interleaved bench)", True)
+        else:
+            spec[names.TRAIN_IPS] = ("training images/s (trial record)", True)
+            spec[names.INFER_IPS] = ("inference images/s (trial record)", True)
+        points["gmacs"] = pd.to_numeric(points[names.MACS]) / 1e9
+        spec["gmacs"] = ("GMACs per image (training stride)", False)
+        figs[f"figures/{name}-cost.png"] = figures.cost_figure(points, spec, name)
+        out.update(figs)
+        lines += ["## Figures", "", *[f"![{p}]({p})" for p in figs], ""]
+        if "csv" in formats:
+            out[f"tables/{name}.arms.csv"] = to_csv(_flat(t["arms"]))
+            out[f"tables/{name}.comparisons.csv"] = to_csv(t["comparisons"])
+        if "tex" in formats:
+            out[f"tables/{name}.tex"] = tables.render(t["display"], "tex")
+    else:
+        points, front = report.search
+        objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
+        lines += [
+            "## Result",
+            "",
+            f"**Pareto front over {', '.join(o.metric for o in study.objectives)} from seed means "
+            f"({len(front)} of {len(points)} points; seeds per point: {sorted(set(points['seeds']))}).** A search "
+            "study samples points, it does not replicate them: the front is a list of candidates to re-run as a "
+            "grid study over seeds, not a verdict.",
+            "",
+            tables.render(tables.search_display(points, objectives), "md"),
+            "",
+        ]
+        spec = {m: (names.LABELS.get(m, (m, ""))[0], up) for m, up in objectives[1:]}
+        if spec:
+            frame = points.rename(columns={objectives[0][0]: "mean"})
+            out[f"figures/{name}-front.png"] = figures.cost_figure(frame, spec, f"{name}: Pareto front")
+            lines += ["## Figures", "", f"![figures/{name}-front.png](figures/{name}-front.png)", ""]
+        if "csv" in formats:
+            out[f"tables/{name}.points.csv"] = to_csv(points)
+        if "tex" in formats:
+            out[f"tables/{name}.tex"] = tables.render(tables.search_display(points, objectives), "tex")
+    lines += ["## Reproduce", "", "```bash", f"make sweep-{name} SEEDS={','.join(map(str, study.seeds))}",
+              "make report", "```", ""]  # fmt: skip
+    out[f"{name}.md"] = "\n".join(lines).replace("\n\n\n", "\n\n")
+    return out
+
+
+def _flat(arms: pd.DataFrame) -> pd.DataFrame:
+    flat = arms.copy()
+    flat["seeds"] = [" ".join(map(str, s)) for s in flat["seeds"]]
+    flat["per_seed"] = [" ".join(repr(float(v)) for v in s) for s in flat["per_seed"]]
+    return flat
+
+
+def _paper_answer(report: StudyReport) -> str:
+    if not report.papers:
+        return "no published number"
+    entry, frame = report.papers[0]
+    published = frame.dropna(subset=["paper"])
+    if len(published) < 2:
+        return "—"
+    top = published.loc[published["paper"].idxmax()]
+    baseline = report.study.baseline
+    lead = f"{top[names.ARM]} best ({top['paper']:.2f}%)"
+    if top[names.ARM] != baseline and baseline in set(published[names.ARM]):
+        lead += f", {top['paper_delta']:+.2f} over {baseline}"
+    return f"{lead} [{entry.paper.split(' (')[0]} {entry.table.split(',')[0]}]"
+
+
+def _our_answer(report: StudyReport) -> str:
+    if not report.study.is_grid:
+        front = report.search[1]
+        return f"Pareto front of {len(front)} points (single seed each)"
+    comparisons = report.tables["comparisons"]
+    parts = [f"{r['arm']} {r['verdict_label']} ({_f(r.get('delta'), '+.4f')})"
+             for r in comparisons.to_dict("records") if r["verdict"] != stats.BASELINE]  # fmt: skip
+    best = report.tables["best"]
+    return (f"best: {best}; " if best else "no arm resolved best; ") + "; ".join(parts)
+
+
+def _directions(report: StudyReport) -> str:
+    if not report.papers:
+        return "—"
+    counts = report.papers[0][1]["direction"].value_counts()
+    keep = [f"{n} {d}" for d, n in counts.items() if d not in ("—", "not published")]
+    return ", ".join(sorted(keep)) or "—"
+
+
+def render_index(reports: Sequence[StudyReport], papers: Sequence[Published]) -> str:
+    rows = []
+    for r in reports:
+        g = r.geometry
+        rows.append(
+            {
+                "study": f"[{r.name}]({r.name}.md)",
+                "question": r.study.description.split(". ")[0].rstrip(".") if r.study.description else r.name,
+                "the paper": _paper_answer(r),
+                "ours": _our_answer(r),
+                "direction vs paper": _directions(r),
+                "can this profile answer it?": "search (no verdict)" if g is None else g.brief(),
+            }
+        )
+    lines = [
+        "# Reports",
+        "",
+        "One line per study in `sweeps/`: the question, the published answer, ours with the paired verdicts, and "
+        "whether the run's crop can answer the question at all. " + tables.VERDICT_RULE,
+        "",
+        PAPERS_CAVEAT.format(model="the profile's network", data="the profile's data") + " Each study's page "
+        "has the setup (profile, crop, model, steps, device, seeds, commit).",
+        "",
+        tables.render(pd.DataFrame(rows), "md"),
+        "",
+        "## Published ablations without a study here",
+        "",
+    ]
+    lines += [f"- {e.source}: {e.setup}" for e in papers if e.study is None] or ["- none"]
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "make sweep-all SEEDS=0,1,2        # every study (quick profile on a CPU); sweeps resume",
+        "make report                       # regenerate this folder from reports/data (and any runs/sweeps storages)",
+        "ablations report --bench          # also re-measure the speed columns (interleaved, on this machine)",
+        "```",
+        "",
+        "`reports/data/<study>.csv` (one row per trial) is the source of truth; `make report` on a fresh clone "
+        "regenerates every page and table byte for byte from it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command
+
+
+def generate(
+    *,
+    sweeps_dir: Path = Path("sweeps"),
+    out_dir: Path = Path("reports"),
+    data_dir: Path | None = None,
+    papers_file: Path | None = None,
+    runs: Path | None = None,
+    storage: str | None = None,
+    study_names: Sequence[str] = (),
+    formats: Sequence[str] = ("md", "csv"),
+    bench: bool = False,
+    wandb: bool = True,
+    index: bool = True,
+    printer: Callable[[str], None] = print,
+) -> list[StudyReport]:
+    """Refresh data from storages, analyse every study that has data, write the reports (see module docstring)."""
+    from ablations.results.frames import redact, storage_frames
+
+    data_dir = data_dir or out_dir / "data"
+    if papers_file is None:
+        papers_file = out_dir / "papers.yaml"
+        papers_file = papers_file if papers_file.is_file() else Path("reports") / "papers.yaml"
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ResultsError(f"--format {','.join(formats)}: unknown {bad}; allowed {list(FORMATS)}")
+    files = {p.stem: p for p in sorted(sweeps_dir.glob("*.yaml"))}
+    if not files:
+        raise ResultsError(f"{sweeps_dir}: no study files (*.yaml)")
+    unknown = [n for n in study_names if n not in files]
+    if unknown:
+        raise ResultsError(f"study {unknown[0]!r}: no study file {sweeps_dir / (unknown[0] + '.yaml')}; "
+                           f"studies are {sorted(files)}")  # fmt: skip
+    refreshed: dict[str, pd.DataFrame] = {}
+    sources: dict[str, str] = {}
+    if runs is not None:
+        if not runs.is_dir():
+            raise ResultsError(f"--runs {runs}: no such folder")
+        found = find_storages(runs)
+        if not found:
+            raise ResultsError(f"--runs {runs}: no study storage (<study>/optuna.db) in it")
+        for name, url in found.items():
+            if name in files and (not study_names or name in study_names):
+                refreshed.update(storage_frames(url, [name]) if _has_study(url, name) else {})
+                sources[name] = f"{runs.name}/{name}/optuna.db"
+    if storage is not None:
+        for name, df in storage_frames(storage, list(study_names) or None).items():
+            refreshed[name] = df
+            sources[name] = redact(storage)
+    wanted = [files[n] for n in (study_names or files)]
+    inputs = load_inputs(wanted, data_dir, refreshed)
+    if not inputs:
+        raise ResultsError(f"no study has data: no {data_dir}/<study>.csv and no storage given or found")
+    papers = load_papers(papers_file) if papers_file.is_file() else []
+    commit = git_commit()
+    writes: dict[Path, bytes | str] = {}
+    reports = []
+    for study, df in inputs:
+        meta_path = data_dir / f"{study.name}.meta.json"
+        meta = _read_meta(meta_path)
+        speed_path = data_dir / f"{study.name}.speed.csv"
+        speed = read_csv(speed_path, (names.ARM,)) if speed_path.is_file() else None
+        if study.name in refreshed:
+            meta.update(storage=sources[study.name], commit=commit)
+            writes[data_dir / f"{study.name}.csv"] = to_csv(df)
+        if bench and study.is_grid:
+            printer(f"[{study.name}] speed: every arm interleaved …")
+            from ablations.report.speed import measure
+
+            speed, env = measure(study, printer=printer)
+            meta["speed_environment"] = env
+            writes[speed_path] = to_csv(speed)
+        if study.name in refreshed or bench:
+            writes[meta_path] = json_text(meta)
+        printer(f"[{study.name}] {len(df)} trials → {out_dir / (study.name + '.md')}")
+        report = analyse(study, df, meta, speed, papers)
+        reports.append(report)
+        for relative, content in render_study(report, formats).items():
+            writes[out_dir / relative] = content
+    if index:
+        writes[out_dir / "README.md"] = render_index(reports, papers)
+    for path, content in writes.items():
+        if isinstance(content, bytes):
+            write_bytes_atomic(path, content)
+        else:
+            write_atomic(path, content if content.endswith("\n") else content + "\n")
+    if wandb:
+        from ablations.report.wandb_run import log_reports
+
+        log_reports(reports, out_dir, printer=printer)
+    return reports
+
+
+def _has_study(url: str, name: str) -> bool:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    return name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ResultsError(f"{path}: not valid JSON") from None

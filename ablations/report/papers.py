@@ -1,0 +1,118 @@
+"""The papers' numbers beside ours (``reports/papers.yaml``): published mIoU per arm, the published Δ against
+the study's baseline, and whether our verdict goes the same way."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ablations.results import names, stats
+from ablations.results.frames import ResultsError
+
+ENTRY_KEYS = {"study", "paper", "table", "setup", "verified", "values"}
+REPRODUCED, OPPOSITE, UNRESOLVED = "reproduced", "opposite", "unresolved"
+NOT_REPRODUCED = "not reproduced (equivalent here)"
+NO_EFFECT = "reproduced (no effect in either)"
+
+
+@dataclass(frozen=True)
+class Published:
+    study: str | None
+    paper: str
+    table: str
+    setup: str
+    verified: bool
+    values: dict[str, float]
+
+    @property
+    def source(self) -> str:
+        return f"{self.paper}, {self.table}" + ("" if self.verified else " (unverified)")
+
+
+def load_papers(path: str | Path) -> list[Published]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ResultsError(f"{path}: cannot be read ({error.strerror})") from None
+    except yaml.YAMLError:
+        raise ResultsError(f"{path}: not valid YAML") from None
+    if not isinstance(raw, list):
+        raise ResultsError(f"{path}: expected a list of entries (study, paper, table, setup, verified, values)")
+    entries = []
+    for index, entry in enumerate(raw):
+        where = f"{path}: entry {index + 1}"
+        if not isinstance(entry, dict) or set(entry) - ENTRY_KEYS or not {"paper", "table", "values"} <= set(entry):
+            raise ResultsError(f"{where}: needs paper, table and values, and only the fields {sorted(ENTRY_KEYS)}")
+        values = entry["values"]
+        if not isinstance(values, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values.values()
+        ):
+            raise ResultsError(f"{where}: values must map arm labels to finite mIoU numbers (%)")
+        entries.append(
+            Published(
+                study=entry.get("study"),
+                paper=str(entry["paper"]),
+                table=str(entry["table"]),
+                setup=str(entry.get("setup", "")),
+                verified=bool(entry.get("verified", True)),
+                values={str(k): float(v) for k, v in values.items()},
+            )
+        )
+    return entries
+
+
+def direction(published_delta: float | None, verdict: str, min_effect_points: float) -> str:
+    """Does our verdict go the way the paper's Δ does?"""
+    if published_delta is None or verdict == stats.BASELINE:
+        return "—"
+    if verdict == stats.NOT_MEASURABLE:
+        return "not measurable here"
+    if verdict in (stats.BETTER, stats.WORSE):
+        ours = 1 if verdict == stats.BETTER else -1
+        if abs(published_delta) < 1e-12:
+            return OPPOSITE
+        return REPRODUCED if ours * published_delta > 0 else OPPOSITE
+    if verdict == stats.EQUIVALENT:
+        return NO_EFFECT if abs(published_delta) < min_effect_points else NOT_REPRODUCED
+    return UNRESOLVED
+
+
+def paper_frame(entry: Published, comparisons: pd.DataFrame, baseline: str, min_effect: float) -> pd.DataFrame:
+    """Per arm of the study: the published value (%), the published Δ against our baseline (points), our Δ
+    (points), our verdict and the direction. ``min_effect`` is in mIoU (0–1); papers report %."""
+    base = entry.values.get(baseline)
+    rows = []
+    for c in comparisons.to_dict("records"):
+        arm = c[names.ARM]
+        value = entry.values.get(arm)
+        delta = value - base if value is not None and base is not None else None
+        ours = c.get("delta")
+        rows.append(
+            {
+                names.ARM: arm,
+                "paper": value,
+                "paper_delta": delta,
+                "paper_text": "—" if value is None else f"{value:.2f}",
+                "paper_delta_text": "—" if delta is None or arm == baseline else f"{delta:+.2f}",
+                "ours_delta_points": None if ours is None or _nan(ours) else 100 * ours,
+                "verdict": c["verdict_label"],
+                "direction": "—" if arm == baseline else (
+                    "not published" if delta is None else direction(delta, c["verdict"], 100 * min_effect)
+                ),
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def papers_for(entries: list[Published], study: str) -> list[Published]:
+    return [e for e in entries if e.study == study]

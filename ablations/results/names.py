@@ -1,0 +1,105 @@
+"""Every metric and column name the project writes or reads, in one place.
+
+Training (``system``, ``train``), the trial records of a sweep, the benchmark and the reports all use these
+names, so that a metric renamed here is renamed everywhere and a report can never look for a column that no
+run writes. This module imports nothing, so anything may import it.
+"""
+
+from __future__ import annotations
+
+# Validation metrics, as the Lightning system logs them (``val/`` + the metric's own key).
+VAL = "val/"
+MIOU = "val/mIoU"
+PIXEL_ACC = "val/pixel_acc"
+MIOU_SMALL = "val/mIoU_small"
+MIOU_MEDIUM = "val/mIoU_medium"
+MIOU_LARGE = "val/mIoU_large"
+BOUNDARY_MIOU = "val/boundary_mIoU"
+CLASS_IOU = "val/IoU/"  # + class name
+SIZE_MIOUS = (MIOU_SMALL, MIOU_MEDIUM, MIOU_LARGE)
+
+# Training.
+TRAIN_LOSS = "train/loss"
+TRAIN_LR = "train/lr"
+TRAIN_IPS = "train/images_per_s"
+TRAIN_STEP_S = "train/step_time_s"
+TRAIN_MFU = "train/mfu"
+
+# Inference cost of a trial's config as it evaluates (eval output stride, scales, flip).
+INFER_IPS = "infer/images_per_s"
+INFER_LATENCY_MS = "infer/latency_ms"
+INFER_PEAK_MB = "infer/peak_memory_mb"
+INFER_MACS = "infer/macs"
+INFER_ERROR = "infer/error"
+
+# Run facts.
+PEAK_MB = "peak_memory_mb"
+PARAMS = "params"
+MACS = "macs"
+RECEPTIVE_FIELD = "receptive_field"
+OUTPUT_STRIDE = "output_stride"
+BEST_STEP = "best_step"
+DEVICE = "device"
+PRECISION = "precision"
+CHANNELS_LAST = "channels_last"
+COMPILE = "compile"
+WALL_S = "wall_time_s"
+WANDB_RUN_DIR = "wandb_run_dir"
+BEST_CHECKPOINT = "best_checkpoint"
+
+# What a sweep trial keeps from a run's metrics.json (the rest stays in the run folder and in W&B).
+KEPT_METRICS = (
+    MIOU,
+    PIXEL_ACC,
+    MIOU_SMALL,
+    MIOU_MEDIUM,
+    MIOU_LARGE,
+    BOUNDARY_MIOU,
+    TRAIN_IPS,
+    TRAIN_STEP_S,
+    TRAIN_MFU,
+    PRECISION,
+    CHANNELS_LAST,
+    COMPILE,
+    PEAK_MB,
+    PARAMS,
+    BEST_STEP,
+    DEVICE,
+    WALL_S,
+    WANDB_RUN_DIR,
+    BEST_CHECKPOINT,
+)
+
+# Columns of a trial frame (one row per trial; ``reports/data/<study>.csv``). Metrics follow these.
+TRIAL = "trial"
+STATE = "state"
+ARM = "arm"
+SEED = "seed"
+FAILURE = "failure"
+DURATION_S = "duration_s"
+PARAM = "param:"  # + sampled parameter name
+TRIAL_COLUMNS = (TRIAL, STATE, ARM, SEED, FAILURE, DURATION_S)
+REQUIRED_COLUMNS = (*TRIAL_COLUMNS, MIOU)
+
+# Trial states as Optuna names them.
+COMPLETE, FAIL, PRUNED, RUNNING, WAITING = "COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING"
+
+# Columns of the speed frame (one interleaved ``ablations bench`` run over a study's arms).
+SPEED_TRAIN_IPS = "bench/train_images_per_s"
+SPEED_INFER_IPS = "bench/infer_images_per_s"
+SPEED_INFER_LATENCY_MS = "bench/infer_latency_ms"
+SPEED_COLUMNS = (ARM, SPEED_TRAIN_IPS, SPEED_INFER_IPS, SPEED_INFER_LATENCY_MS, INFER_MACS)
+
+# How each metric is shown in a table: label and float format.
+LABELS = {
+    MIOU: ("mIoU", ".4f"),
+    PIXEL_ACC: ("pixel acc", ".4f"),
+    MIOU_SMALL: ("small", ".3f"),
+    MIOU_MEDIUM: ("medium", ".3f"),
+    MIOU_LARGE: ("large", ".3f"),
+    BOUNDARY_MIOU: ("boundary mIoU", ".3f"),
+    TRAIN_IPS: ("train img/s (trial)", ".1f"),
+    INFER_IPS: ("infer img/s (trial)", ".1f"),
+    SPEED_TRAIN_IPS: ("train img/s", ".1f"),
+    SPEED_INFER_IPS: ("infer img/s", ".1f"),
+}

@@ -1,0 +1,321 @@
+"""Comparison tables as pandas frames, rendered by pandas: the sweep's end-of-run table and every report use
+these functions, so one verdict rule (``stats``) reaches every table the project prints.
+
+* :func:`arm_frame` — per arm: runs, failures by kind, pruned and interrupted trials, every per-seed value,
+  n, mean, std, min–max of the objective, per-size mIoU, and the cost figures;
+* :func:`comparison_frame` — per arm against the baseline: paired Δ with its Holm-level interval, the
+  Holm-adjusted p, the verdict and the seeds an inconclusive comparison would need;
+* :func:`study_frame` — the two joined for display, with optional geometry and speed columns;
+* :func:`render` — Markdown (``github``) or terminal (``simple``) text, or LaTeX through ``Styler.to_latex``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ablations.results import names, stats
+
+FAILED_FOR_GOOD = ("diverged", "out_of_memory", "error")
+
+
+def _num(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return format(value, fmt)
+
+
+def completed(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df[names.STATE] == names.COMPLETE]
+
+
+def seed_values(df: pd.DataFrame, metric: str = names.MIOU) -> dict[str, dict[int, float]]:
+    """arm → seed → value of ``metric`` over complete trials (the last complete trial of an arm × seed wins)."""
+    out: dict[str, dict[int, float]] = {}
+    done = completed(df).dropna(subset=[metric]).sort_values(names.TRIAL)
+    for arm, seed, value in done[[names.ARM, names.SEED, metric]].itertuples(index=False, name=None):
+        out.setdefault(str(arm), {})[int(seed)] = float(value)
+    return out
+
+
+def arm_order(df: pd.DataFrame, arms: Sequence[str] | None) -> list[str]:
+    found = [str(a) for a in df[names.ARM].dropna().unique()]
+    if arms:
+        return [*arms, *sorted(a for a in found if a not in arms)]
+    return sorted(found)
+
+
+def arm_frame(df: pd.DataFrame, arms: Sequence[str] | None = None, metric: str = names.MIOU) -> pd.DataFrame:
+    """One row per arm (study order, then any others found in the data)."""
+    values = seed_values(df, metric)
+    rows = []
+    for arm in arm_order(df, arms):
+        mine = df[df[names.ARM].astype(str) == arm]
+        done = completed(mine)
+        failed = mine[(mine[names.STATE] == names.FAIL) & mine[names.FAILURE].isin(FAILED_FOR_GOOD)]
+        interrupted = mine[(mine[names.STATE] == names.FAIL) & (mine[names.FAILURE] == "interrupted")]
+        per_seed = values.get(arm, {})
+        v = np.array([per_seed[s] for s in sorted(per_seed)], dtype=float)
+        row: dict[str, Any] = {
+            names.ARM: arm,
+            "runs": len(done),
+            "failed": len(failed),
+            "failures": ", ".join(sorted(set(failed[names.FAILURE].astype(str)))),
+            "pruned": int((mine[names.STATE] == names.PRUNED).sum()),
+            "interrupted": len(interrupted),
+            "seeds": tuple(sorted(per_seed)),
+            "per_seed": tuple(per_seed[s] for s in sorted(per_seed)),
+            "n": len(v),
+            "mean": float(v.mean()) if len(v) else math.nan,
+            "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+            "min": float(v.min()) if len(v) else math.nan,
+            "max": float(v.max()) if len(v) else math.nan,
+        }
+        for column in (*names.SIZE_MIOUS, names.TRAIN_IPS, names.INFER_IPS, names.MACS, names.PARAMS):
+            series = pd.to_numeric(done[column], errors="coerce") if column in done else pd.Series(dtype=float)
+            row[column] = float(series.mean()) if series.notna().any() else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_frame(
+    df: pd.DataFrame,
+    *,
+    baseline: str,
+    min_effect: float,
+    maximize: bool = True,
+    metric: str = names.MIOU,
+    arms: Sequence[str] | None = None,
+    identical_to: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Every arm against ``baseline`` (paired per seed, Holm across the arms; ``stats`` holds the rule)."""
+    values = seed_values(df, metric)
+    order = [a for a in arm_order(df, arms) if a in values or a == baseline]
+    values = {a: values.get(a, {}) for a in order}
+    rows = [
+        {
+            names.ARM: baseline,
+            "delta": 0.0,
+            "low": math.nan,
+            "high": math.nan,
+            "level": math.nan,
+            "method": "",
+            "pairs": len(values.get(baseline, {})),
+            "sd_diff": math.nan,
+            "p_holm": math.nan,
+            "verdict": stats.BASELINE,
+            "verdict_label": stats.BASELINE,
+            "seeds_needed": None,
+            "note": "",
+        }
+    ]
+    if not values.get(baseline):
+        for arm in order:
+            if arm != baseline:
+                label = "inconclusive (the baseline has no complete run)"
+                rows.append({names.ARM: arm, "verdict": stats.INCONCLUSIVE, "pairs": 0, "verdict_label": label})
+        return pd.DataFrame(rows)
+    for c in stats.compare_arms(values, baseline, min_effect=min_effect, maximize=maximize, identical_to=identical_to):
+        i = c.interval
+        rows.append(
+            {
+                names.ARM: c.arm,
+                "delta": i.delta,
+                "low": i.low,
+                "high": i.high,
+                "level": i.level,
+                "method": i.method,
+                "pairs": i.n if i.method == "paired" else 0,
+                "sd_diff": i.sd,
+                "p_holm": c.p_holm,
+                "verdict": c.verdict,
+                "verdict_label": c.label,
+                "seeds_needed": c.seeds_needed,
+                "note": c.note,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def interval_text(row: Mapping[str, Any]) -> str:
+    if row.get("verdict") == stats.BASELINE:
+        return "—"
+    delta, low, high = row.get("delta"), row.get("low"), row.get("high")
+    if delta is None or (isinstance(delta, float) and math.isnan(delta)):
+        return "—"
+    if low is None or math.isnan(low) or math.isinf(low):
+        return f"{delta:+.4f}"
+    return f"{delta:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def per_seed_text(seeds: Sequence[int], values: Sequence[float]) -> str:
+    return " · ".join(f"s{s} {v:.4f}" for s, v in zip(seeds, values, strict=True)) or "—"
+
+
+def runs_text(row: Mapping[str, Any]) -> str:
+    parts = [str(row["runs"])]
+    if row.get("failed"):
+        parts.append(f"{row['failed']} failed ({row['failures']})")
+    if row.get("pruned"):
+        parts.append(f"{row['pruned']} pruned")
+    if row.get("interrupted"):
+        parts.append(f"{row['interrupted']} interrupted")
+    return ", ".join(parts)
+
+
+def study_frame(
+    arms_df: pd.DataFrame,
+    comparisons: pd.DataFrame | None,
+    *,
+    best: str | None = None,
+    geometry: Mapping[str, str] | None = None,
+    speed: pd.DataFrame | None = None,
+    papers: pd.DataFrame | None = None,
+    short: bool = False,
+) -> pd.DataFrame:
+    """The display table: strings only, so that every renderer prints the same digits."""
+    by_arm = comparisons.set_index(names.ARM) if comparisons is not None and len(comparisons) else None
+    speed_by = speed.set_index(names.ARM) if speed is not None and len(speed) else None
+    papers_by = papers.set_index(names.ARM) if papers is not None and len(papers) else None
+    rows = []
+    for r in arms_df.to_dict("records"):
+        arm = r[names.ARM]
+        row = {"arm": arm + (" (best)" if best == arm else ""), "runs": runs_text(r)}
+        row["mIoU mean ± std"] = (
+            "—" if math.isnan(r["mean"]) else f"{r['mean']:.4f}" + (f" ± {r['std']:.4f}" if r["n"] > 1 else "")
+        )
+        if not short:
+            row["min–max"] = "—" if math.isnan(r["min"]) else f"{r['min']:.4f}–{r['max']:.4f}"
+            row["per seed"] = per_seed_text(r["seeds"], r["per_seed"])
+        if by_arm is not None and arm in by_arm.index:
+            c = by_arm.loc[arm].to_dict()
+            row["Δ vs baseline [Holm CI]"] = interval_text(c)
+            row["verdict"] = c["verdict_label"] + (f" — {c['note']}" if c.get("note") and not short else "")
+        if papers_by is not None and arm in papers_by.index:
+            p = papers_by.loc[arm].to_dict()
+            row["paper"] = p.get("paper_text", "—")
+            row["paper Δ"] = p.get("paper_delta_text", "—")
+            row["direction"] = p.get("direction", "—")
+        row["small / medium / large"] = " / ".join(_num(r[m], ".3f") for m in names.SIZE_MIOUS)
+        if speed_by is not None and arm in speed_by.index:
+            s = speed_by.loc[arm]
+            row["train img/s"] = _num(s.get(names.SPEED_TRAIN_IPS), ".1f")
+            row["infer img/s"] = _num(s.get(names.SPEED_INFER_IPS), ".1f")
+        else:
+            row["train img/s (trial)"] = _num(r[names.TRAIN_IPS], ".1f")
+            row["infer img/s (trial)"] = _num(r[names.INFER_IPS], ".1f")
+        row["GMACs"] = _num(r[names.MACS] / 1e9 if not math.isnan(r[names.MACS]) else math.nan, ".3f")
+        row["params (M)"] = _num(r[names.PARAMS] / 1e6 if not math.isnan(r[names.PARAMS]) else math.nan, ".2f")
+        if geometry is not None:
+            row["geometry"] = geometry.get(arm, "—")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def search_frame(df: pd.DataFrame, objectives: Sequence[tuple[str, bool]]) -> tuple[pd.DataFrame, list[str]]:
+    """A search study: one row per distinct point (its arm label), objectives as seed means, and the Pareto
+    front over them (from seed means; with one seed per point it is the front of single runs)."""
+    done = completed(df)
+    rows, points = [], {}
+    for arm, group in done.groupby(names.ARM, sort=True):
+        means = [float(pd.to_numeric(group[m], errors="coerce").mean()) for m, _ in objectives]
+        points[str(arm)] = means
+        rows.append(
+            {names.ARM: str(arm), "seeds": len(group), **{m: v for (m, _), v in zip(objectives, means, strict=True)}}
+        )
+    front = stats.pareto_front(points, [up for _, up in objectives])
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["pareto"] = out[names.ARM].isin(front)
+        first, up = objectives[0]
+        out = out.sort_values([first, names.ARM], ascending=[not up, True], kind="stable").reset_index(drop=True)
+    return out, front
+
+
+def search_display(points: pd.DataFrame, objectives: Sequence[tuple[str, bool]]) -> pd.DataFrame:
+    rows = []
+    for r in points.to_dict("records"):
+        row = {"point": r[names.ARM], "seeds": str(r["seeds"])}
+        for m, up in objectives:
+            label, fmt = names.LABELS.get(m, (m, ".4f"))
+            row[f"{label} ({'max' if up else 'min'})"] = _num(r[m], fmt)
+        row["Pareto front (seed means)"] = "yes" if r["pareto"] else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render(display: pd.DataFrame, fmt: str = "md") -> str:
+    """``md``: a GitHub Markdown table; ``text``: a plain terminal table; ``tex``: LaTeX (``Styler.to_latex``)."""
+    if fmt == "tex":
+        return display.style.hide(axis="index").to_latex(hrules=True)
+    if not len(display):
+        return "(no rows)"
+    table = display.to_markdown(index=False, tablefmt="github" if fmt == "md" else "simple", disable_numparse=True)
+    return table
+
+
+def study_tables(
+    study: Any,
+    df: pd.DataFrame,
+    *,
+    geometry: Any = None,
+    speed: pd.DataFrame | None = None,
+    papers: pd.DataFrame | None = None,
+    short: bool = False,
+) -> dict[str, Any]:
+    """Everything a study's table needs, for a grid study (``study.is_grid``): the per-arm frame, the comparison
+    frame, the resolved best arm (or None) and the display frame. ``geometry`` is an
+    ``ablations.geometry.StudyGeometry`` (arms that are the same network are labelled *not measurable*)."""
+    objective = study.objectives[0]
+    maximize = objective.direction == "maximize"
+    arms = arm_frame(df, study.arm_labels, objective.metric)
+    baseline = study.baseline or study.arm_labels[0]
+    # An arm that is the baseline's network at this geometry measures nothing; one that repeats another arm's
+    # network is compared as usual (its Δ is that network's, measured again) and counted once for "best".
+    identical, repeats = {}, {}
+    if geometry is not None:
+        for arm, other in geometry.identical_to.items():
+            if geometry.same_network(arm, baseline):
+                identical[arm] = baseline if arm != baseline else other
+            else:
+                repeats[arm] = other
+    comparisons = comparison_frame(
+        df,
+        baseline=baseline,
+        min_effect=study.min_effect,
+        maximize=maximize,
+        metric=objective.metric,
+        arms=study.arm_labels,
+        identical_to=identical,
+    )
+    for arm, other in repeats.items():
+        row = comparisons[names.ARM] == arm
+        comparisons.loc[row, "note"] = f"same network as {other} here (the rates it differs in are 1×1 convs)"
+    values = {a: v for a, v in seed_values(df, objective.metric).items() if a not in identical and a not in repeats}
+    best = stats.resolved_best(values, min_effect=study.min_effect, maximize=maximize)
+    notes = {a: g.note() for a, g in geometry.arms.items()} if geometry is not None else None
+    display = study_frame(arms, comparisons, best=best, geometry=notes, speed=speed, papers=papers, short=short)
+    return {"arms": arms, "comparisons": comparisons, "best": best, "display": display}
+
+
+def headline(study: Any, tables: Mapping[str, Any]) -> str:
+    """One line under a study's table: which arm is resolved best, or that none is, and the verdict counts."""
+    comparisons = tables["comparisons"]
+    counts = comparisons[comparisons["verdict"] != stats.BASELINE]["verdict"].value_counts()
+    kinds = (stats.BETTER, stats.WORSE, stats.EQUIVALENT, stats.INCONCLUSIVE, stats.NOT_MEASURABLE)
+    tally = ", ".join(f"{counts[v]} {v}" for v in kinds if v in counts)
+    baseline = study.baseline or study.arm_labels[0]
+    best = tables["best"]
+    lead = f"best: {best} (resolved better than every other arm)" if best else "no arm is resolved best"
+    return f"{lead}; against the baseline {baseline}: {tally or 'nothing to compare'} (min_effect {study.min_effect:g})"
+
+
+VERDICT_RULE = (
+    "Verdicts: Δ = arm − baseline, paired by seed; interval = t-interval at the Holm level of the arm's rank; "
+    "better/worse needs ≥ 3 paired seeds, a Holm-adjusted p < 0.05 and |Δ| ≥ min_effect; equivalent: the whole "
+    "interval within ±min_effect; otherwise inconclusive, with the seeds that would give 80 % power at min_effect."
+)

@@ -1,0 +1,185 @@
+"""``ablations report`` end to end on storages built from Optuna trials (no training): the pages, tables and
+figures, byte-identical regeneration from the committed CSVs, the papers beside ours, bad input, and the W&B
+report run written offline."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+
+from ablations.cli import main
+from ablations.report.papers import direction
+from ablations.results import stats
+from tests.results_fixtures import ARMS, add_trial, grid_storage
+
+TOY = """name: toy
+description: Multi-grid at OS 16 (two arms). A test study.
+profile: quick
+fixed: {backbone.output_stride: 16}
+axis: {name: multi_grid, key: backbone.multi_grid, values: [[1, 1, 1], [1, 2, 1]]}
+seeds: [0, 1, 2]
+min_effect: 0.01
+"""
+PAPERS = """- study: toy
+  paper: DeepLab v3 (arXiv:1706.05587)
+  table: Table 5
+  setup: ResNet-101, VOC
+  values: {"(1,1,1)": 75.36, "(1,2,1)": 75.93}
+"""
+BETTER = {ARMS[0]: [0.80, 0.81, 0.82], ARMS[1]: [0.850, 0.862, 0.868]}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder: sweeps/toy.yaml, reports/papers.yaml, runs/sweeps/toy/optuna.db; cwd there."""
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "toy.yaml").write_text(TOY)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "papers.yaml").write_text(PAPERS)
+    grid_storage(tmp_path / "runs" / "sweeps" / "toy", "toy", BETTER)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    return tmp_path
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_report_writes_pages_tables_figures_and_regenerates_byte_identically(project, capsys):
+    assert main(["report", "--no-wandb", "--format", "md,csv,tex"]) == 0
+    reports = project / "reports"
+    page = (reports / "toy.md").read_text()
+    assert "**best: (1,2,1) (resolved better than every other arm)" in page
+    assert "| (1,2,1) " in page and "better" in page
+    assert "0.8100 ± 0.0100" in page and "s0 0.8000 · s1 0.8100 · s2 0.8200" in page
+    assert "DeepLab v3 (arXiv:1706.05587), Table 5" in page and "+0.57" in page and "reproduced" in page
+    assert "train a resnet50 ×0.25 from scratch" in page
+    # geometry at the quick crop: (1,2,1)'s rate-4 unit on the 6×6 map keeps 0.31 of its taps
+    assert "layer4.1.conv2 r4 on 6×6: 0.31" in page
+    for name in ("toy-seeds.png", "toy-forest.png", "toy-cost.png"):
+        assert (reports / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (reports / "tables" / "toy.tex").read_text().startswith("\\begin{tabular}")
+    index = (reports / "README.md").read_text()
+    assert "[toy](toy.md)" in index and "best: (1,2,1)" in index
+    data = (reports / "data" / "toy.csv").read_text().splitlines()
+    assert data[0].startswith("trial,state,arm,seed,failure,duration_s") and len(data) == 7
+    first = files(reports)
+
+    # A fresh clone: no storage, only the committed data. The same bytes come out, figures included.
+    import shutil
+
+    shutil.rmtree(project / "runs")
+    for generated in ("toy.md", "README.md", "figures", "tables"):
+        target = reports / generated
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    assert main(["report", "--no-wandb", "--format", "md,csv,tex"]) == 0
+    assert files(reports) == first
+
+
+def test_inconclusive_arms_are_never_called_best(project):
+    grid_storage(project / "runs" / "sweeps" / "toy", "toy2", {})  # another study in the file is ignored
+    optuna.delete_study(study_name="toy", storage=f"sqlite:///{project / 'runs/sweeps/toy/optuna.db'}")
+    grid_storage(project / "runs" / "sweeps" / "toy", "toy", {ARMS[0]: [0.80, 0.81], ARMS[1]: [0.90, 0.91]})
+    assert main(["report", "--no-wandb"]) == 0
+    page = (project / "reports" / "toy.md").read_text()
+    assert "no arm is resolved best" in page and "(best)" not in page
+    assert "inconclusive" in page
+
+
+def test_failed_pruned_and_interrupted_trials_are_counted_in_the_page(project):
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{project / 'runs/sweeps/toy/optuna.db'}")
+    add_trial(study, ARMS[1], 3, state="FAIL", failure="out_of_memory")
+    add_trial(study, ARMS[0], 4, state="PRUNED")
+    add_trial(study, ARMS[0], 5, state="FAIL", failure="interrupted")
+    assert main(["report", "--no-wandb"]) == 0
+    page = (project / "reports" / "toy.md").read_text()
+    assert re.search(r"\| \(1,2,1\)[^|]*\| 3, 1 failed \(out_of_memory\) ", page)
+    assert re.search(r"\| \(1,1,1\)[^|]*\| 3, 1 pruned, 1 interrupted ", page)
+    assert "**trials** 9 (6 complete, 2 fail, 1 pruned)" in page
+
+
+def test_the_sweep_table_and_the_report_use_one_verdict(project, capsys):
+    assert main(["sweep", "sweeps/toy.yaml", "--table-only"]) == 0
+    table = capsys.readouterr().out
+    assert "best: (1,2,1) (resolved better than every other arm)" in table
+    assert "better" in table and "Verdicts: Δ = arm − baseline, paired by seed" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runs", "nowhere"], "--runs nowhere: no such folder"),
+        (["--runs", "empty"], "--runs empty: no study storage"),
+        (["--study", "nope"], "study 'nope': no study file sweeps/nope.yaml"),
+        (["--format", "md,pdf"], "--format md,pdf: unknown ['pdf']"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(project, capsys, argv, message):
+    (project / "empty").mkdir()
+    assert main(["report", "--no-wandb", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (project / "reports" / "toy.md").exists() and not (project / "reports" / "data").exists()
+
+
+def test_a_csv_with_a_missing_column_is_named(project, capsys):
+    import shutil
+
+    shutil.rmtree(project / "runs")
+    (project / "reports" / "data").mkdir()
+    (project / "reports" / "data" / "toy.csv").write_text("trial,state,arm\n0,COMPLETE,(1,1,1)\n")
+    assert main(["report", "--no-wandb"]) == 2
+    assert "toy.csv: missing column(s) ['seed', 'failure', 'duration_s', 'val/mIoU']" in capsys.readouterr().err
+    assert not (project / "reports" / "toy.md").exists()
+
+
+def test_a_study_with_only_failed_trials_is_refused(project, capsys):
+    url = f"sqlite:///{project / 'runs/sweeps/toy/optuna.db'}"
+    optuna.delete_study(study_name="toy", storage=url)
+    study = optuna.create_study(study_name="toy", storage=url, direction="maximize")
+    add_trial(study, ARMS[0], 0, state="FAIL", failure="diverged")
+    assert main(["report", "--no-wandb"]) == 2
+    assert "study 'toy': no complete trial to report (trials by state: {'FAIL': 1})" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("baseline: (9,9,9)\n", "baseline='(9,9,9)': one of the arms ['(1,1,1)', '(1,2,1)']"),
+        ("min_effect: 0\n", "min_effect=0: a finite number > 0"),
+        ("min_effect: -0.01\n", "min_effect=-0.01: a finite number > 0"),
+    ],
+)
+def test_bad_study_fields_for_the_report_exit_2(project, capsys, line, message):
+    (project / "sweeps" / "toy.yaml").write_text(TOY.replace("min_effect: 0.01\n", line))
+    assert main(["report", "--no-wandb"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_wandb_report_run_is_written_offline_with_its_tables(project):
+    assert main(["report"]) == 0
+    runs = sorted((project / "wandb-dir").rglob("offline-run-*"))
+    assert len(runs) == 1
+    tables = {p.name.split("_")[0]: json.loads(p.read_text()) for p in runs[0].rglob("*.table.json")}
+    assert {"trials", "arms", "comparisons"} <= set(tables)
+    arm_rows = tables["arms"]["data"]
+    columns = tables["arms"]["columns"]
+    assert [row[columns.index("arm")] for row in arm_rows] == ["(1,1,1)", "(1,2,1) (best)"]
+    # The run record (protobuf) holds the job type, the group and the study's comparison settings.
+    record = next(runs[0].glob("*.wandb")).read_bytes()
+    assert b"report-toy" in record and b"min_effect" in record and b"report" in record
+
+
+def test_direction_of_our_verdict_against_the_paper():
+    assert direction(+0.57, stats.BETTER, 1.0) == "reproduced"
+    assert direction(+0.57, stats.WORSE, 1.0) == "opposite"
+    assert direction(+3.0, stats.EQUIVALENT, 1.0) == "not reproduced (equivalent here)"
+    assert direction(+0.2, stats.EQUIVALENT, 1.0) == "reproduced (no effect in either)"
+    assert direction(+1.2, stats.INCONCLUSIVE, 1.0) == "unresolved"
+    assert direction(+1.2, stats.NOT_MEASURABLE, 1.0) == "not measurable here"
