@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 PROFILE ?= quick
 
-.PHONY: install test lint format describe train bench bench-gpu bench-lightning clean sweep sweep-all
+.PHONY: install test lint format describe train bench bench-gpu bench-lightning clean sweep sweep-all report
 
 # Sweeps: one target per study file in sweeps/ (make sweep-multigrid, make sweep-output_stride, …).
 # PROFILE=paper DATA=voc DATA_ROOT=/data/voc STORAGE=postgresql://… WORKERS=4 SEEDS=0,1,2 ARGS="--set …"
@@ -71,6 +71,11 @@ sweep: $(STAMP)
 	$(BIN)/ablations sweep sweeps/$(STUDY).yaml $(SWEEP_FLAGS)
 
 sweep-all: $(addprefix sweep-,$(STUDIES))
+
+# Every study's page, tables and figures in reports/, from reports/data (refreshed first from runs/sweeps/*/optuna.db
+# when there are storages). make report ARGS="--bench" also re-times every arm interleaved; ARGS="--format md,csv,tex".
+report: $(STAMP)
+	$(BIN)/ablations report $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

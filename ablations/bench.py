@@ -109,6 +109,19 @@ def cpu_name() -> str:
     return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+def git_commit() -> str | None:
+    """The commit of the code that is running (the checkout this package lives in), or None outside git."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for every queued kernel on ``device`` (nothing to wait for on a CPU)."""
     if device.type == "cuda":

@@ -314,6 +314,7 @@ def _sweep_report(study, name: str, url: str, out_dir: Path) -> None:
             storage=url,
             study_names=[name],
             index=False,
+            wandb=False,  # `ablations report` logs the W&B report run, once, with every study
             printer=lambda line: None,
         )
     except ResultsError as error:

@@ -22,6 +22,7 @@ is gone), after the heartbeat grace period when it was elsewhere.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -464,6 +465,7 @@ def run_trial(
         storage.set_trial_user_attr(tid, "arm", label)
         storage.set_trial_user_attr(tid, "seed", seed)
     storage.set_trial_user_attr(tid, "worker", worker_identity())
+    storage.set_trial_user_attr(tid, names.COMMIT, _commit())
     if not study.is_grid:
         earlier = _same_point(optuna_study, params, seed, trial.number)
         if earlier is not None:
@@ -563,6 +565,13 @@ def _inference_figures(config) -> dict[str, Any]:
         return {names.INFER_ERROR: f"{type(error).__name__}: {str(error)[:200]}"}
     finally:
         _release_memory()
+
+
+@functools.cache
+def _commit() -> str | None:
+    from ablations.bench import git_commit
+
+    return git_commit()
 
 
 def _short(value: Any) -> str:

@@ -183,3 +183,15 @@ def test_direction_of_our_verdict_against_the_paper():
     assert direction(+0.2, stats.EQUIVALENT, 1.0) == "reproduced (no effect in either)"
     assert direction(+1.2, stats.INCONCLUSIVE, 1.0) == "unresolved"
     assert direction(+1.2, stats.NOT_MEASURABLE, 1.0) == "not measurable here"
+
+
+def test_an_arm_without_a_complete_run_is_listed_not_compared(project):
+    url = f"sqlite:///{project / 'runs/sweeps/toy/optuna.db'}"
+    optuna.delete_study(study_name="toy", storage=url)
+    grid_storage(project / "runs" / "sweeps" / "toy", "toy", {ARMS[0]: [0.80, 0.81, 0.82]})
+    study = optuna.load_study(study_name="toy", storage=url)
+    add_trial(study, ARMS[1], 0, state="FAIL", failure="diverged")
+    assert main(["report", "--no-wandb"]) == 0
+    page = (project / "reports" / "toy.md").read_text()
+    assert re.search(r"\| \(1,2,1\) +\| 0, 1 failed \(diverged\) .*\| no complete run ", page)
+    assert "nan" not in page

@@ -15,7 +15,6 @@ rename; the same inputs give the same bytes.
 from __future__ import annotations
 
 import math
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +57,6 @@ class StudyReport:
 # Inputs
 
 
-def git_commit(cwd: str | Path = ".") -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True)
-    except OSError:
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def find_storages(runs: Path) -> dict[str, str]:
     """``<runs>/<study>/optuna.db`` → ``{study: sqlite URL}``."""
     return {p.parent.name: f"sqlite:///{p.resolve()}" for p in sorted(runs.glob("*/optuna.db")) if p.stat().st_size}
@@ -103,27 +94,18 @@ def load_inputs(
 
 def analyse(study: Study, df: pd.DataFrame, meta: dict, speed: pd.DataFrame | None, papers: list[Published]):
     report = StudyReport(study, df, meta, speed)
-    objective = study.objectives[0]
     if study.is_grid:
         report.geometry = study_geometry(study)
-        report.tables = tables.study_tables(study, df, geometry=report.geometry, speed=speed)
-        for entry in papers_for(papers, study.name):
-            report.papers.append(
-                (entry, paper_frame(entry, report.tables["comparisons"], study.baseline, study.min_effect))
-            )
-        if report.papers:
-            report.tables["display"] = tables.study_frame(
-                report.tables["arms"],
-                report.tables["comparisons"],
-                best=report.tables["best"],
-                geometry={a: g.note() for a, g in report.geometry.arms.items()},
-                speed=speed,
-                papers=report.papers[0][1],
-            )
+        entries = papers_for(papers, study.name)
+
+        def published(comparisons: pd.DataFrame) -> pd.DataFrame | None:
+            report.papers = [(e, paper_frame(e, comparisons, study.baseline, study.min_effect)) for e in entries]
+            return report.papers[0][1] if report.papers else None
+
+        report.tables = tables.study_tables(study, df, geometry=report.geometry, speed=speed, papers=published)
     else:
         objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
         report.search = tables.search_frame(df, objectives)
-    del objective
     return report
 
 
@@ -138,6 +120,7 @@ def _setup(report: StudyReport) -> list[str]:
     crop = d.crop_size or d.image_size
     devices = sorted({str(x) for x in df.get(names.DEVICE, pd.Series(dtype=str)).dropna()})
     seeds = sorted({int(s) for s in df[names.SEED].dropna()})
+    commits = sorted({str(c) for c in df.get(names.COMMIT, pd.Series(dtype=str)).dropna()})
     meta = report.meta
     lines = [
         f"- **Profile** `{study.profile}`; data `{d.name}` ({d.image_size}² images, {crop}² crops"
@@ -151,7 +134,10 @@ def _setup(report: StudyReport) -> list[str]:
         f"- **Device** {', '.join(devices) or 'not recorded'}",
         f"- **Data** `reports/data/{study.name}.csv`"
         + (f", refreshed from `{meta['storage']}`" if meta.get("storage") else "")
-        + (f" at commit `{meta['commit']}`" if meta.get("commit") else ""),
+        + (f" by commit `{meta['commit']}`" if meta.get("commit") else ""),
+        f"- **Code** the trials ran at commit(s) {', '.join(f'`{c}`' for c in commits)}"
+        if commits
+        else "- **Code** the trials did not record their commit (sweeps before it was recorded)",
     ]
     if study.is_grid:
         lines.append(f"- **Baseline** `{study.baseline}`; **min_effect** {study.min_effect:g} mIoU")
@@ -470,7 +456,7 @@ def generate(
         for name, url in found.items():
             if name in files and (not study_names or name in study_names):
                 refreshed.update(storage_frames(url, [name]) if _has_study(url, name) else {})
-                sources[name] = f"{runs.name}/{name}/optuna.db"
+                sources[name] = (runs / name / "optuna.db").as_posix()
     if storage is not None:
         for name, df in storage_frames(storage, list(study_names) or None).items():
             refreshed[name] = df
@@ -480,6 +466,8 @@ def generate(
     if not inputs:
         raise ResultsError(f"no study has data: no {data_dir}/<study>.csv and no storage given or found")
     papers = load_papers(papers_file) if papers_file.is_file() else []
+    from ablations.bench import git_commit
+
     commit = git_commit()
     writes: dict[Path, bytes | str] = {}
     reports = []

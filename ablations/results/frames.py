@@ -64,6 +64,8 @@ def trial_records(trials: Iterable[Any]) -> list[dict[str, Any]]:
             if t.datetime_start and t.datetime_complete
             else None,
         }
+        if t.user_attrs.get(names.COMMIT):
+            row[names.COMMIT] = t.user_attrs[names.COMMIT]
         row.update({f"{names.PARAM}{k}": v for k, v in t.params.items() if k not in ("arm", "seed")})
         row.update(t.user_attrs.get("stats", {}))
         row.update(t.user_attrs.get("metrics", {}))

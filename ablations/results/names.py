@@ -77,6 +77,7 @@ ARM = "arm"
 SEED = "seed"
 FAILURE = "failure"
 DURATION_S = "duration_s"
+COMMIT = "commit"  # of the code that ran the trial
 PARAM = "param:"  # + sampled parameter name
 TRIAL_COLUMNS = (TRIAL, STATE, ARM, SEED, FAILURE, DURATION_S)
 REQUIRED_COLUMNS = (*TRIAL_COLUMNS, MIOU)

@@ -12,7 +12,7 @@ these functions, so one verdict rule (``stats``) reaches every table the project
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -195,11 +195,16 @@ def study_frame(
             c = by_arm.loc[arm].to_dict()
             row["Δ vs baseline [Holm CI]"] = interval_text(c)
             row["verdict"] = c["verdict_label"] + (f" — {c['note']}" if c.get("note") and not short else "")
+        elif by_arm is not None:
+            row["Δ vs baseline [Holm CI]"] = "—"
+            row["verdict"] = "no complete run"
         if papers_by is not None and arm in papers_by.index:
             p = papers_by.loc[arm].to_dict()
             row["paper"] = p.get("paper_text", "—")
             row["paper Δ"] = p.get("paper_delta_text", "—")
             row["direction"] = p.get("direction", "—")
+        elif papers_by is not None:
+            row["paper"] = row["paper Δ"] = row["direction"] = "—"
         row["small / medium / large"] = " / ".join(_num(r[m], ".3f") for m in names.SIZE_MIOUS)
         if speed_by is not None and arm in speed_by.index:
             s = speed_by.loc[arm]
@@ -213,7 +218,7 @@ def study_frame(
         if geometry is not None:
             row["geometry"] = geometry.get(arm, "—")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("—")
 
 
 def search_frame(df: pd.DataFrame, objectives: Sequence[tuple[str, bool]]) -> tuple[pd.DataFrame, list[str]]:
@@ -264,12 +269,13 @@ def study_tables(
     *,
     geometry: Any = None,
     speed: pd.DataFrame | None = None,
-    papers: pd.DataFrame | None = None,
+    papers: Callable[[pd.DataFrame], pd.DataFrame | None] | None = None,
     short: bool = False,
 ) -> dict[str, Any]:
     """Everything a study's table needs, for a grid study (``study.is_grid``): the per-arm frame, the comparison
     frame, the resolved best arm (or None) and the display frame. ``geometry`` is an
-    ``ablations.geometry.StudyGeometry`` (arms that are the same network are labelled *not measurable*)."""
+    ``ablations.geometry.StudyGeometry`` (arms that are the same network are labelled *not measurable*);
+    ``papers`` turns the comparison frame into the published-number columns (``report.papers.paper_frame``)."""
     objective = study.objectives[0]
     maximize = objective.direction == "maximize"
     arms = arm_frame(df, study.arm_labels, objective.metric)
@@ -298,7 +304,8 @@ def study_tables(
     values = {a: v for a, v in seed_values(df, objective.metric).items() if a not in identical and a not in repeats}
     best = stats.resolved_best(values, min_effect=study.min_effect, maximize=maximize)
     notes = {a: g.note() for a, g in geometry.arms.items()} if geometry is not None else None
-    display = study_frame(arms, comparisons, best=best, geometry=notes, speed=speed, papers=papers, short=short)
+    published = papers(comparisons) if papers is not None else None
+    display = study_frame(arms, comparisons, best=best, geometry=notes, speed=speed, papers=published, short=short)
     return {"arms": arms, "comparisons": comparisons, "best": best, "display": display}
 
 
