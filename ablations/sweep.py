@@ -49,8 +49,8 @@ from ablations.results.frames import failure_kind, redact, trial_frame, trial_re
 from ablations.study import Study
 from ablations.train import json_safe as _json_safe
 
-FINISHED_FAILURES = ("diverged", "out_of_memory", "error")  # recorded results: never re-run by default
-RETRIED_FAILURES = ("interrupted", "bad_input")  # re-run when the sweep runs again
+FINISHED_FAILURES = names.FINISHED_FAILURES  # recorded results: never re-run by default
+RETRIED_FAILURES = names.RETRIED_FAILURES  # re-run when the sweep runs again
 HEARTBEAT_S = 20
 GRACE_S = 120
 

@@ -26,7 +26,7 @@ from ablations.geometry import StudyGeometry, study_geometry
 from ablations.report import figures
 from ablations.report.papers import Published, load_papers, paper_frame, papers_for
 from ablations.results import names, stats, tables
-from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic, write_bytes_atomic
+from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic
 from ablations.study import Study, StudyError, load_study
 
 FORMATS = ("md", "csv", "tex")
@@ -496,14 +496,15 @@ def generate(
     if index:
         writes[out_dir / "README.md"] = render_index(reports, papers)
     for path, content in writes.items():
-        if isinstance(content, bytes):
-            write_bytes_atomic(path, content)
-        else:
-            write_atomic(path, content if content.endswith("\n") else content + "\n")
+        write_atomic(path, content if isinstance(content, bytes) or content.endswith("\n") else content + "\n")
     if wandb:
         from ablations.report.wandb_run import log_reports
 
-        log_reports(reports, out_dir, printer=printer)
+        try:
+            log_reports(reports, out_dir, printer=printer)
+        except Exception as error:  # the reports are written; a dashboard that cannot be reached loses nothing
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            printer(f"W&B: the report runs were not logged ({type(error).__name__}: {first}); the files are written")
     return reports
 
 

@@ -113,23 +113,12 @@ def storage_frames(url: str, study_names: Sequence[str] | None = None) -> dict[s
     return {n: trial_frame(optuna.load_study(study_name=n, storage=storage)) for n in wanted}
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it: a reader never sees half a file."""
+def write_atomic(path: str | Path, content: str | bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename it: a reader never sees half a file. Text is UTF-8
+    with ``\n`` line ends."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode("utf-8") if isinstance(content, str) else content
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:

@@ -82,6 +82,10 @@ PARAM = "param:"  # + sampled parameter name
 TRIAL_COLUMNS = (TRIAL, STATE, ARM, SEED, FAILURE, DURATION_S)
 REQUIRED_COLUMNS = (*TRIAL_COLUMNS, MIOU)
 
+# Failure kinds a sweep records. These stand as results (never re-run unless asked); the others are re-run.
+FINISHED_FAILURES = ("diverged", "out_of_memory", "error")
+RETRIED_FAILURES = ("interrupted", "bad_input")
+
 # Trial states as Optuna names them.
 COMPLETE, FAIL, PRUNED, RUNNING, WAITING = "COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING"
 

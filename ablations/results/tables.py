@@ -20,8 +20,6 @@ import pandas as pd
 
 from ablations.results import names, stats
 
-FAILED_FOR_GOOD = ("diverged", "out_of_memory", "error")
-
 
 def _num(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -56,7 +54,7 @@ def arm_frame(df: pd.DataFrame, arms: Sequence[str] | None = None, metric: str =
     for arm in arm_order(df, arms):
         mine = df[df[names.ARM].astype(str) == arm]
         done = completed(mine)
-        failed = mine[(mine[names.STATE] == names.FAIL) & mine[names.FAILURE].isin(FAILED_FOR_GOOD)]
+        failed = mine[(mine[names.STATE] == names.FAIL) & mine[names.FAILURE].isin(names.FINISHED_FAILURES)]
         interrupted = mine[(mine[names.STATE] == names.FAIL) & (mine[names.FAILURE] == "interrupted")]
         per_seed = values.get(arm, {})
         v = np.array([per_seed[s] for s in sorted(per_seed)], dtype=float)
