@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--retry-failed", action="store_true", help="also re-run trials that failed (diverged, …)")
     sweep.add_argument("--max-trials", type=_positive, help="stop this worker after this many trials")
     sweep.add_argument("--table-only", action="store_true", help="print the stored comparison, run nothing")
+    sweep.add_argument(
+        "--strict", action="store_true", help="refuse to run when the crop makes a studied conv degenerate"
+    )
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
     report = commands.add_parser(
         "report", help="every study's trials → reports/: verdict tables, the papers beside ours, geometry, figures"
@@ -231,6 +234,14 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         study = load_study(args.study, profile=args.profile, sets=args.overrides, seeds=args.seeds, budget=args.budget)
     except StudyError as error:
         return _error(error)
+    warnings: list[str] = []
+    if not args.worker and not args.table_only:
+        from ablations.geometry import startup_warnings
+
+        warnings = startup_warnings(study)  # before anything is created, so --strict leaves nothing behind
+        if warnings and args.strict:
+            more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+            return _error(f"--strict: {warnings[0].removeprefix('geometry: ')}{more}")
     from ablations import sweep
 
     sweep.quiet_libraries()
@@ -251,6 +262,8 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
             print(sweep.write_outputs(study, optuna_study, out_dir, name))
             return 0
         if not args.worker:
+            for line in warnings:
+                print(line, flush=True)
             print(
                 f"study {name}: {study.total} trials ({len(study.arms)} arms × {len(study.seeds)} seeds)"
                 if study.is_grid

@@ -177,3 +177,39 @@ def study_geometry(study: Study, seed: int | None = None) -> StudyGeometry | Non
         seen.setdefault(signature, arm)
         arms[arm] = ArmGeometry(arm, crop, geo.feature_size, geo.convs, tuple(sorted(studied)), same)
     return StudyGeometry(study.name, crop, arms)
+
+
+def startup_warnings(study: Study) -> list[str]:
+    """One line per arm whose studied convs are degenerate (or that is the same network as another arm) at the
+    study's crop, naming the conv, the map and a profile under which the arm is measurable; [] when none."""
+    from ablations.config import profile_names
+    from ablations.study import load_study
+
+    geometry = study_geometry(study)
+    if geometry is None:
+        return []
+    troubled = {a: g for a, g in geometry.arms.items() if g.degenerate or g.same_as is not None}
+    if not troubled:
+        return []
+    answers: dict[str, str] = {}
+    for profile in profile_names():
+        if profile == study.profile or study.path is None or set(answers) == set(troubled):
+            continue
+        try:
+            other = study_geometry(load_study(study.path, profile=profile, sets=study.sets, seeds=study.seeds))
+        except Exception:  # a profile this study cannot run under (e.g. an override it rejects) answers nothing
+            continue
+        for arm in troubled:
+            g = other.arms.get(arm) if other else None
+            if arm not in answers and g is not None and not g.degenerate and g.same_as is None:
+                answers[arm] = f"profile {profile} ({other.crop}²) measures it"
+    lines = []
+    for arm, g in troubled.items():
+        what = []
+        if g.degenerate:
+            what.append(f"{g.degenerate_text()} see{'s' if len(g.degenerate) == 1 else ''} only the centre tap "
+                        f"(a 1×1 conv) at {g.crop}²")  # fmt: skip
+        if g.same_as is not None:
+            what.append(f"it is the same network as {g.same_as} at {g.crop}²")
+        lines.append(f"geometry: arm {arm}: {'; '.join(what)}; {answers.get(arm, 'no installed profile measures it')}")
+    return lines

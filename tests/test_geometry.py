@@ -114,3 +114,27 @@ def test_every_grid_study_has_a_geometry_for_every_arm(path):
     for arm in geometry.arms.values():
         assert all(0 < arm.convs[n]["valid_taps"] <= 1 for n in arm.studied)
         assert arm.note()
+
+
+def test_the_sweep_warns_at_start_up_when_the_quick_crop_cannot_measure_an_arm():
+    from ablations.geometry import startup_warnings
+
+    lines = startup_warnings(load_study(SWEEPS / "multigrid.yaml"))
+    assert lines == [
+        "geometry: arm (1,2,3): layer4.2.conv2 r6 on 6×6 sees only the centre tap (a 1×1 conv) at 96²; profile "
+        "paper (513²) measures it",
+        "geometry: arm (1,2,4): layer4.2.conv2 r8 on 6×6 sees only the centre tap (a 1×1 conv) at 96²; it is the "
+        "same network as (1,2,3) at 96²; profile paper (513²) measures it",
+    ]
+    assert startup_warnings(load_study(SWEEPS / "multigrid.yaml", profile="paper")) == []
+    assert startup_warnings(load_study(SWEEPS / "image_pooling.yaml")) == []
+
+
+def test_strict_refuses_before_anything_is_created(tmp_path, monkeypatch, capsys):
+    from ablations.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", str(SWEEPS / "multigrid.yaml"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablations: error: --strict: arm (1,2,3): layer4.2.conv2 r6 on 6×6") and "(and 1 more)" in err
+    assert not (tmp_path / "runs").exists()
