@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 
 from ablations.cli import main
@@ -195,3 +196,21 @@ def test_an_arm_without_a_complete_run_is_listed_not_compared(project):
     page = (project / "reports" / "toy.md").read_text()
     assert re.search(r"\| \(1,2,1\) +\| 0, 1 failed \(diverged\) .*\| no complete run ", page)
     assert "nan" not in page
+
+
+def test_bench_times_every_arm_interleaved_and_the_speed_columns_come_from_it(project):
+    from ablations.report.build import generate
+
+    generate(runs=Path("runs/sweeps"), bench=True, bench_repeats=1, wandb=False, printer=lambda line: None)
+    speed = pd.read_csv(project / "reports" / "data" / "toy.speed.csv")
+    assert list(speed.columns[:4]) == ["arm", "bench/train_images_per_s", "bench/infer_images_per_s",
+                                       "bench/infer_latency_ms"]  # fmt: skip
+    assert speed["arm"].tolist() == list(ARMS)
+    assert (speed["bench/train_images_per_s"] > 0).all() and (speed["bench/infer_images_per_s"] > 0).all()
+    meta = json.loads((project / "reports" / "data" / "toy.meta.json").read_text())
+    assert (
+        meta["speed_environment"]["device"].startswith("cpu") and "interleaved" in meta["speed_environment"]["method"]
+    )
+    page = (project / "reports" / "toy.md").read_text()
+    assert "| train img/s " in page and "(trial)" not in page.split("## Δ")[0].split("Verdicts:")[0]
+    assert "one interleaved `ablations bench` run over the arms on cpu" in page

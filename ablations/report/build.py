@@ -424,6 +424,7 @@ def generate(
     study_names: Sequence[str] = (),
     formats: Sequence[str] = ("md", "csv"),
     bench: bool = False,
+    bench_repeats: int = 5,
     wandb: bool = True,
     index: bool = True,
     printer: Callable[[str], None] = print,
@@ -483,7 +484,7 @@ def generate(
             printer(f"[{study.name}] speed: every arm interleaved …")
             from ablations.report.speed import measure
 
-            speed, env = measure(study, printer=printer)
+            speed, env = measure(study, repeats=bench_repeats, printer=printer)
             meta["speed_environment"] = env
             writes[speed_path] = to_csv(speed)
         if study.name in refreshed or bench:
