@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one config; writes config, best checkpoint and metrics.json")
     _config_arguments(train)
     train.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-<date>-<time>)")
+    evaluate = commands.add_parser(
+        "evaluate", help="validate a checkpoint of `ablations train`; prints its val metrics"
+    )
+    evaluate.add_argument("checkpoint", metavar="CKPT", help="a checkpoint from a run's checkpoints/ folder")
+    evaluate.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="on top of the checkpoint's config, e.g. train.devices=2 or eval.output_stride=8",
+    )  # fmt: skip
     bench = commands.add_parser(
         "bench", help="images/s, latency, peak memory, params and MACs of a config (and the peers, --peers)"
     )
@@ -136,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     try:
         config = load_config(args.config, args.overrides, profile=args.profile)
     except ConfigError as error:
@@ -171,6 +181,27 @@ def _train(config: ExperimentConfig, out: str | None) -> int:
         f"{metrics.get('train/images_per_s', float('nan')):.1f} training images/s on {metrics['device']}, "
         f"{metrics['wall_time_s']:.0f} s in all; wrote {out_dir}/metrics.json"
     )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ablations.data.datasets import DatasetError
+    from ablations.train import evaluate
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        return _error(f"checkpoint {args.checkpoint}: no such file")
+    try:
+        metrics = evaluate(path, args.overrides)
+    except (ConfigError, DatasetError) as error:
+        return _error(error)
+    except (RuntimeError, KeyError, EOFError) as error:  # not a checkpoint of ours, or a truncated one
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        return _error(f"checkpoint {args.checkpoint}: cannot be loaded ({first})")
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print(json.dumps(metrics, indent=2))
     return 0
 
 

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from ablations.bench import cpu_name, synchronize
 from ablations.config import ExperimentConfig
@@ -93,7 +94,8 @@ class Throughput(pl.Callback):
         elapsed = time.perf_counter() - self._start
         if trainer.global_step > self.warmup:
             self.step_times.append(elapsed)
-            self.images += batch["image"].shape[0]
+            # Every DDP rank trains a batch of the same size in the same (gradient-synchronised) step.
+            self.images += batch["image"].shape[0] * trainer.world_size
             if len(self.step_times) % trainer.log_every_n_steps == 0:
                 module.log_dict(self.summary(), on_step=True, on_epoch=False)
 
@@ -147,7 +149,8 @@ def train(
     data = SegmentationDataModule(config)
     data.setup("fit")  # checks the dataset now, before a logger, a Trainer or a step exists
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(config.to_yaml())
+    if rank_zero_only.rank == 0:  # DDP's launcher re-runs this function in every process
+        (out_dir / "config.yaml").write_text(config.to_yaml())
     system = SegmentationSystem(config.to_dict(), data.class_names, size_buckets=data.has_size_buckets)
     t = config.train
     checkpoint = ModelCheckpoint(
@@ -210,5 +213,42 @@ def train(
     logger.finalize("success")
     if hasattr(logger.experiment, "finish"):
         logger.experiment.finish()
-    (out_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
+    if trainer.is_global_zero:  # one file per run, whatever the number of processes
+        (out_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
     return metrics
+
+
+def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), *, progress_bar: bool = False) -> dict[str, Any]:
+    """Validate a checkpoint written by :func:`train` with its own config (``overrides`` on top, e.g.
+    ``train.devices=2`` or ``eval.output_stride=8``); returns the ``val/*`` metrics. With several devices each
+    image is evaluated by one process exactly once and the confusion matrices are summed, so the metrics equal
+    a single process's."""
+    from ablations.config import ExperimentConfig, apply_override
+
+    checkpoint = Path(checkpoint)
+    system = SegmentationSystem.load_from_checkpoint(checkpoint, map_location="cpu")
+    data_dict = system.config.to_dict()
+    for override in overrides:
+        apply_override(data_dict, override)
+    config = ExperimentConfig.from_dict(data_dict)
+    system.config = config
+    system.hparams["config"] = data_dict
+    data = SegmentationDataModule(config)
+    data.setup("validate")
+    t = config.train
+    gpu = t.uses_gpu()
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.resolved_precision(gpu),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        deterministic="warn",
+    )
+    trainer.validate(system, datamodule=data, verbose=False)
+    results = dict(system.history[-1])
+    results.pop("step", None)
+    results["processes"] = trainer.world_size
+    return results

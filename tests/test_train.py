@@ -223,3 +223,37 @@ def test_the_fast_path_trains_and_evaluates_like_the_plain_one(tmp_path, setting
     assert set(restored.state_dict()) == set(
         SegmentationSystem.load_from_checkpoint(plain["best_checkpoint"]).state_dict()
     )
+
+
+def test_two_processes_count_every_rank_write_once_and_evaluate_each_image_once(tmp_path):
+    """DDP on a CPU (gloo, 2 processes): one metrics.json, one W&B run, training images/s over both ranks, and a
+    checkpoint evaluated with 1 and with 2 processes gives the same metrics. 33 validation images: a padding
+    sampler would give one of them to both ranks and count it twice."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb-dir")}
+    tiny = ["backbone.width=0.125", "context.channels=16", "train.max_steps=10", "train.val_every=10",
+            "data.val_samples=33", "data.train_samples=64", "train.accelerator=cpu"]  # fmt: skip
+    sets = [a for s in tiny for a in ("--set", s)]
+    command = [sys.executable, "-m", "ablations.cli"]
+    run = tmp_path / "ddp"
+    subprocess.run([*command, "train", "--profile", "quick", *sets, "--set", "train.devices=2", "--out", str(run)],
+                   check=True, env=env, cwd=tmp_path, capture_output=True, timeout=600)  # fmt: skip
+    assert [p.name for p in run.glob("*.json")] == ["metrics.json"]
+    assert len(list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))) == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    # 7 timed steps (after 3 warm-up steps) of 8 images on each of 2 ranks, over the summed step times
+    step_s = metrics["train/step_time_s"]
+    assert metrics["train/images_per_s"] * step_s == pytest.approx(2 * 8, rel=0.35)  # one rank alone: 8
+    [checkpoint] = list((run / "checkpoints").glob("*.ckpt"))
+    results = []
+    for devices in (1, 2):
+        out = subprocess.run([*command, "evaluate", str(checkpoint), "--set", "train.accelerator=cpu", "--set",
+                              f"train.devices={devices}"], check=True, env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+        results.append(json.loads(out.stdout[out.stdout.index("{") :]))
+    assert [r["processes"] for r in results] == [1, 2]
+    assert results[0]["val/mIoU"] == results[1]["val/mIoU"] == pytest.approx(metrics["val/mIoU"])
+    assert results[0]["val/pixel_acc"] == results[1]["val/pixel_acc"]

@@ -115,8 +115,24 @@ class SegmentationDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         d = self.config.data
         batch = d.val_batch_size or (d.batch_size if d.name == "synthetic" else 1)
+        sampler = None
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            # Lightning's default DistributedSampler pads the split so every rank gets as many images; the
+            # padding images would count twice in the summed confusion matrix. This one gives each image to one
+            # rank exactly once (ranks may differ by one batch, which evaluation allows).
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(
+                self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         return DataLoader(
-            self.val_set, batch_size=batch, shuffle=False, collate_fn=pad_collate, **self._loader_options()
+            self.val_set,
+            batch_size=batch,
+            shuffle=False,
+            sampler=sampler,
+            collate_fn=pad_collate,
+            **self._loader_options(),
         )
 
     def _loader_options(self) -> dict[str, Any]:

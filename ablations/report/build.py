@@ -32,7 +32,7 @@ from ablations.study import Study, StudyError, load_study
 FORMATS = ("md", "csv", "tex")
 PAPERS_CAVEAT = (
     "The papers trained ImageNet-pretrained networks (ResNet-101 unless the table says otherwise) on PASCAL VOC "
-    "2012 (or Cityscapes) and report mIoU in %; these runs train {model} from scratch on {data}. Compare directions, "
+    "2012 (or Cityscapes) and report mIoU in %; these runs train {model} on {data}. Compare directions, "
     "not values."
 )
 
@@ -146,7 +146,8 @@ def _setup(report: StudyReport) -> list[str]:
 
 def _model_text(study: Study) -> str:
     config = study.resolve(study.baseline if study.is_grid else None, study.seeds[0])
-    return f"a {config.backbone.name} ×{config.backbone.width:g}"
+    weights = "from ImageNet weights" if config.backbone.weights else "from scratch"
+    return f"a {config.backbone.name} ×{config.backbone.width:g} {weights}"
 
 
 def _data_text(study: Study) -> str:
@@ -383,7 +384,7 @@ def render_index(reports: Sequence[StudyReport], papers: Sequence[Published]) ->
         "One line per study in `sweeps/`: the question, the published answer, ours with the paired verdicts, and "
         "whether the run's crop can answer the question at all. " + tables.VERDICT_RULE,
         "",
-        PAPERS_CAVEAT.format(model="the profile's network", data="the profile's data") + " Each study's page "
+        PAPERS_CAVEAT.format(model="each profile's network", data="its data") + " Each study's page "
         "has the setup (profile, crop, model, steps, device, seeds, commit).",
         "",
         tables.render(pd.DataFrame(rows), "md"),
