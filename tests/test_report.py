@@ -214,3 +214,39 @@ def test_bench_times_every_arm_interleaved_and_the_speed_columns_come_from_it(pr
     page = (project / "reports" / "toy.md").read_text()
     assert "| train img/s " in page and "(trial)" not in page.split("## Δ")[0].split("Verdicts:")[0]
     assert "one interleaved `ablations bench` run over the arms on cpu" in page
+
+
+SEARCH = """name: toysearch
+description: A two-objective search. A test study.
+profile: quick
+search_space:
+  backbone.output_stride: {choices: [8, 16, 32]}
+sampler: nsga2
+budget: 3
+objectives:
+  - {metric: val/mIoU, direction: maximize}
+  - {metric: train/images_per_s, direction: maximize}
+"""
+
+
+def test_a_search_study_gets_its_pareto_front_from_seed_means_not_a_verdict(project):
+    (project / "sweeps" / "toysearch.yaml").write_text(SEARCH)
+    url = f"sqlite:///{project / 'runs/sweeps/toysearch/optuna.db'}"
+    (project / "runs" / "sweeps" / "toysearch").mkdir(parents=True)
+    study = optuna.create_study(study_name="toysearch", storage=url, directions=["maximize", "maximize"])
+    for os_, miou, ips in [(8, 0.87, 60.0), (16, 0.83, 120.0), (32, 0.75, 100.0)]:
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, values=[miou, ips],
+            params={"backbone.output_stride": os_},
+            distributions={"backbone.output_stride": optuna.distributions.CategoricalDistribution([8, 16, 32])},
+            user_attrs={"arm": f"output_stride={os_}", "seed": 0,
+                        "metrics": {"val/mIoU": miou, "train/images_per_s": ips}},
+        ))  # fmt: skip
+    assert main(["report", "--no-wandb", "--study", "toysearch"]) == 0
+    page = (project / "reports" / "toysearch.md").read_text()
+    assert "Pareto front over val/mIoU, train/images_per_s from seed means (2 of 3 points" in page
+    front = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in page.splitlines()
+             if line.startswith("| output_stride=")}  # fmt: skip
+    assert front == {"output_stride=8": "yes", "output_stride=16": "yes", "output_stride=32": ""}
+    assert "better" not in page and "(best)" not in page
+    assert (project / "reports" / "figures" / "toysearch-front.png").is_file()
