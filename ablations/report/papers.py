@@ -98,7 +98,7 @@ def paper_frame(entry: Published, comparisons: pd.DataFrame, baseline: str, min_
                 names.ARM: arm,
                 "paper": value,
                 "paper_delta": delta,
-                "paper_text": "—" if value is None else f"{value:.2f}",
+                "paper_text": "—" if value is None else f"{value:.2f}" + ("" if entry.verified else " (unverified)"),
                 "paper_delta_text": "—" if delta is None or arm == baseline else f"{delta:+.2f}",
                 "ours_delta_points": None if ours is None or _nan(ours) else 100 * ours,
                 "verdict": c["verdict_label"],
