@@ -58,7 +58,9 @@ class ArmGeometry:
         return "; ".join(parts) or "no dilated conv differs"
 
     def degenerate_text(self) -> str:
-        return ", ".join(f"{_short(n)} r{self.convs[n]['dilation']} on {_side(self.convs[n])}" for n in self.degenerate)
+        return ", ".join(
+            f"{conv_label(n)} r{self.convs[n]['dilation']} on {_side(self.convs[n])}" for n in self.degenerate
+        )
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ class StudyGeometry:
         return text
 
 
-def _short(name: str) -> str:
+def conv_label(name: str) -> str:
+    """A conv's module name as tables show it: ``layer4.2.conv2``, ``context branches.1.0``."""
     return name.removeprefix("backbone.").replace("context.", "context ", 1)
 
 

@@ -14,7 +14,6 @@ rename; the same inputs give the same bytes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.geometry import StudyGeometry, study_geometry
+from ablations.geometry import StudyGeometry, conv_label, study_geometry
 from ablations.report import figures
 from ablations.report.papers import Published, load_papers, paper_frame, papers_for
 from ablations.results import names, stats, tables
@@ -168,24 +167,16 @@ def comparison_display(comparisons: pd.DataFrame) -> pd.DataFrame:
             {
                 "arm": r[names.ARM],
                 "paired seeds": str(r.get("pairs", 0)),
-                "Δ": _f(r.get("delta"), "+.4f"),
-                "interval": "—" if _bad(r.get("low")) else f"[{r['low']:+.4f}, {r['high']:+.4f}]",
-                "level": "—" if _bad(level) else f"{100 * level:.2f} %",
-                "sd of Δ": _f(r.get("sd_diff"), ".4f"),
-                "Holm p": _f(r.get("p_holm"), ".4f"),
+                "Δ": tables.fmt_num(r.get("delta"), "+.4f"),
+                "interval": "—" if tables.missing(r.get("low")) else f"[{r['low']:+.4f}, {r['high']:+.4f}]",
+                "level": "—" if tables.missing(level) else f"{100 * level:.2f} %",
+                "sd of Δ": tables.fmt_num(r.get("sd_diff"), ".4f"),
+                "Holm p": tables.fmt_num(r.get("p_holm"), ".4f"),
                 "verdict": r["verdict_label"],
                 "note": r.get("note") or "",
             }
         )
     return pd.DataFrame(rows)
-
-
-def _bad(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value)))
-
-
-def _f(value: Any, fmt: str) -> str:
-    return "—" if _bad(value) else format(value, fmt)
 
 
 def geometry_display(geometry: StudyGeometry) -> pd.DataFrame:
@@ -196,7 +187,7 @@ def geometry_display(geometry: StudyGeometry) -> pd.DataFrame:
                 "arm": arm,
                 "feature map": "×".join(map(str, g.feature_size)),
                 "studied convs (rate on map: valid taps)": "; ".join(
-                    f"{_short_conv(n)} r{g.convs[n]['dilation']} on {'×'.join(map(str, g.convs[n]['size']))}: "
+                    f"{conv_label(n)} r{g.convs[n]['dilation']} on {'×'.join(map(str, g.convs[n]['size']))}: "
                     f"{g.convs[n]['valid_taps']:.2f}"
                     for n in g.studied
                 ) or "—",
@@ -207,10 +198,6 @@ def geometry_display(geometry: StudyGeometry) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _short_conv(name: str) -> str:
-    return name.removeprefix("backbone.").replace("context.", "context ", 1)
-
-
 def papers_display(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in frame.to_dict("records"):
@@ -219,7 +206,9 @@ def papers_display(frame: pd.DataFrame) -> pd.DataFrame:
                 "arm": r[names.ARM],
                 "paper mIoU %": r["paper_text"],
                 "paper Δ (points)": r["paper_delta_text"],
-                "our Δ (points)": _f(r.get("ours_delta_points"), "+.2f") if r["paper_delta_text"] != "—" else "—",
+                "our Δ (points)": tables.fmt_num(r.get("ours_delta_points"), "+.2f")
+                if r["paper_delta_text"] != "—"
+                else "—",
                 "our verdict": r["verdict"],
                 "direction": r["direction"],
             }
@@ -350,7 +339,7 @@ def _our_answer(report: StudyReport) -> str:
         front = report.search[1]
         return f"Pareto front of {len(front)} points (single seed each)"
     comparisons = report.tables["comparisons"]
-    parts = [f"{r['arm']} {r['verdict_label']} ({_f(r.get('delta'), '+.4f')})"
+    parts = [f"{r['arm']} {r['verdict_label']} ({tables.fmt_num(r.get('delta'), '+.4f')})"
              for r in comparisons.to_dict("records") if r["verdict"] != stats.BASELINE]  # fmt: skip
     best = report.tables["best"]
     return (f"best: {best}; " if best else "no arm resolved best; ") + "; ".join(parts)

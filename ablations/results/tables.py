@@ -21,10 +21,13 @@ import pandas as pd
 from ablations.results import names, stats
 
 
-def _num(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return format(value, fmt)
+def missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def fmt_num(value: Any, fmt: str) -> str:
+    """A number as tables show it; "—" for a missing, NaN or infinite one."""
+    return "—" if missing(value) else format(value, fmt)
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:
@@ -203,16 +206,16 @@ def study_frame(
             row["direction"] = p.get("direction", "—")
         elif papers_by is not None:
             row["paper"] = row["paper Δ"] = row["direction"] = "—"
-        row["small / medium / large"] = " / ".join(_num(r[m], ".3f") for m in names.SIZE_MIOUS)
+        row["small / medium / large"] = " / ".join(fmt_num(r[m], ".3f") for m in names.SIZE_MIOUS)
         if speed_by is not None and arm in speed_by.index:
             s = speed_by.loc[arm]
-            row["train img/s"] = _num(s.get(names.SPEED_TRAIN_IPS), ".1f")
-            row["infer img/s"] = _num(s.get(names.SPEED_INFER_IPS), ".1f")
+            row["train img/s"] = fmt_num(s.get(names.SPEED_TRAIN_IPS), ".1f")
+            row["infer img/s"] = fmt_num(s.get(names.SPEED_INFER_IPS), ".1f")
         else:
-            row["train img/s (trial)"] = _num(r[names.TRAIN_IPS], ".1f")
-            row["infer img/s (trial)"] = _num(r[names.INFER_IPS], ".1f")
-        row["GMACs"] = _num(r[names.MACS] / 1e9 if not math.isnan(r[names.MACS]) else math.nan, ".3f")
-        row["params (M)"] = _num(r[names.PARAMS] / 1e6 if not math.isnan(r[names.PARAMS]) else math.nan, ".2f")
+            row["train img/s (trial)"] = fmt_num(r[names.TRAIN_IPS], ".1f")
+            row["infer img/s (trial)"] = fmt_num(r[names.INFER_IPS], ".1f")
+        row["GMACs"] = fmt_num(r[names.MACS] / 1e9 if not math.isnan(r[names.MACS]) else math.nan, ".3f")
+        row["params (M)"] = fmt_num(r[names.PARAMS] / 1e6 if not math.isnan(r[names.PARAMS]) else math.nan, ".2f")
         if geometry is not None:
             row["geometry"] = geometry.get(arm, "—")
         rows.append(row)
@@ -245,7 +248,7 @@ def search_display(points: pd.DataFrame, objectives: Sequence[tuple[str, bool]])
         row = {"point": r[names.ARM], "seeds": str(r["seeds"])}
         for m, up in objectives:
             label, fmt = names.LABELS.get(m, (m, ".4f"))
-            row[f"{label} ({'max' if up else 'min'})"] = _num(r[m], fmt)
+            row[f"{label} ({'max' if up else 'min'})"] = fmt_num(r[m], fmt)
         row["Pareto front (seed means)"] = "yes" if r["pareto"] else ""
         rows.append(row)
     return pd.DataFrame(rows)
