@@ -179,3 +179,15 @@ def test_a_storage_that_does_not_exist_or_lacks_the_study_is_named(tmp_path):
     url = grid_storage(tmp_path, "toy", {arm: [0.8, 0.81, 0.82] for arm in ARMS})
     with pytest.raises(ResultsError, match="no study 'other'; it holds \\['toy'\\]"):
         storage_frames(url, ["other"])
+
+
+def test_arm_labels_stay_text_when_read_back(tmp_path):
+    path = tmp_path / "os.csv"
+    path.write_text(
+        "trial,state,arm,seed,failure,duration_s,val/mIoU\n0,COMPLETE,8,0,,1.0,0.8\n1,COMPLETE,none,0,,1,0.7\n"
+    )
+    df = read_csv(path)
+    assert df[names.ARM].tolist() == ["8", "none"]  # not 8 and NaN
+    speed = tmp_path / "os.speed.csv"
+    speed.write_text("arm,bench/train_images_per_s\n16,100.0\n")
+    assert read_csv(speed, (names.ARM,))[names.ARM].tolist() == ["16"]

@@ -467,9 +467,11 @@ def generate(
         meta = _read_meta(meta_path)
         speed_path = data_dir / f"{study.name}.speed.csv"
         speed = read_csv(speed_path, (names.ARM,)) if speed_path.is_file() else None
-        if study.name in refreshed:
+        csv_path = data_dir / f"{study.name}.csv"
+        changed = study.name in refreshed and (not csv_path.is_file() or csv_path.read_text() != to_csv(df))
+        if changed:  # an unchanged refresh keeps its record of where and by which commit the data came
             meta.update(storage=sources[study.name], commit=commit)
-            writes[data_dir / f"{study.name}.csv"] = to_csv(df)
+            writes[csv_path] = to_csv(df)
         if bench and study.is_grid:
             printer(f"[{study.name}] speed: every arm interleaved …")
             from ablations.report.speed import measure
@@ -477,7 +479,7 @@ def generate(
             speed, env = measure(study, repeats=bench_repeats, printer=printer)
             meta["speed_environment"] = env
             writes[speed_path] = to_csv(speed)
-        if study.name in refreshed or bench:
+        if changed or bench:
             writes[meta_path] = json_text(meta)
         printer(f"[{study.name}] {len(df)} trials → {out_dir / (study.name + '.md')}")
         report = analyse(study, df, meta, speed, papers)

@@ -137,7 +137,8 @@ def to_csv(df: pd.DataFrame) -> str:
 def read_csv(path: str | Path, required: Sequence[str] = names.REQUIRED_COLUMNS) -> pd.DataFrame:
     path = Path(path)
     try:
-        df = pd.read_csv(path, keep_default_na=True)
+        # Arm labels are names ("8", "16", "(1,2,4)", "none"), never numbers: read them as text.
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={names.ARM: str})
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
