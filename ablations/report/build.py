@@ -331,7 +331,8 @@ def _paper_answer(report: StudyReport) -> str:
     lead = f"{top[names.ARM]} best ({top['paper']:.2f}%)"
     if top[names.ARM] != baseline and baseline in set(published[names.ARM]):
         lead += f", {top['paper_delta']:+.2f} over {baseline}"
-    return f"{lead} [{entry.paper.split(' (')[0]} {entry.table.split(',')[0]}]"
+    source = f"{entry.paper.split(' (')[0].split(',')[0]} {entry.table.split(',')[0].split(' (')[0]}"
+    return f"{lead} [{source}{'' if entry.verified else ', unverified'}]"
 
 
 def _our_answer(report: StudyReport) -> str:
