@@ -262,6 +262,7 @@ class DataConfig:
     background_contrast: float = _field(1.0, "synthetic: texture contrast of the background (1 = as objects)")
     foreground_cue: float = _field(0.0, "synthetic: 0-1, how much brighter clutter and objects are than background")
     shapes: tuple[str, ...] | None = _field(None, "synthetic: shape classes in use, e.g. disk,cross,bar; null = all 7")
+    class_by: str = _field("shape", "synthetic: what an object's label says, its shape or its size bucket (s/m/l)")
     crop_size: int = _field(513, "training crop side, padded with ignore where the image is smaller (v3 §4: 513)")
     scale_min: float = _field(0.5, "random scale lower bound (v3 §4: 0.5)")
     scale_max: float = _field(2.0, "random scale upper bound (v3 §4: 2.0)")
@@ -285,6 +286,7 @@ class DataConfig:
             _require(self.val_batch_size >= 1, "data.val_batch_size", self.val_batch_size, "an integer ≥ 1")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer ≥ 0")
         _choice("data.check", self.check, ("full", "headers", "none"))
+        _choice("data.class_by", self.class_by, ("shape", "size"))
         if self.shapes is not None:
             _require(
                 len(self.shapes) > 0

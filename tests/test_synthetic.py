@@ -257,3 +257,24 @@ def test_foreground_cue_separates_brightness_and_changes_nothing_else():
     background_only = [cued.render(i) for i in range(len(cued))]
     fragments = sum(int(((s.mask == 0) & (s.image.min(0).values >= 0.6)).sum()) for s in background_only)
     assert fragments > 0  # clutter is bright too (labelled background), so brightness alone cannot reject it
+
+
+def test_class_by_size_labels_each_object_with_its_size_bucket_on_the_same_images():
+    kwargs = {"num_samples": 6, "image_size": 96, "seed": 3}
+    by_shape, by_size = SyntheticShapes(**kwargs), SyntheticShapes(**kwargs, class_by="size")
+    assert by_size.class_names == ("background", "small", "medium", "large") and by_size.num_classes == 4
+    for i in range(6):
+        a, b = by_shape[i], by_size[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["size"], b["size"])
+        assert torch.equal(b["mask"], b["size"])  # the label is the bucket, pixel for pixel
+        assert torch.equal(a["mask"] > 0, b["mask"] > 0)
+    with pytest.raises(ValueError, match="class_by='colour'"):
+        SyntheticShapes(**kwargs, class_by="colour")
+
+
+def test_class_by_is_a_validated_config_field():
+    from ablations.config import ConfigError, load_config
+
+    assert load_config(overrides=["data.class_by=size"]).data.class_by == "size"
+    with pytest.raises(ConfigError, match=r"data\.class_by"):
+        load_config(overrides=["data.class_by=colour"])

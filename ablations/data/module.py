@@ -32,6 +32,7 @@ def build_dataset(config: ExperimentConfig, split: str) -> Dataset:
             background_contrast=d.background_contrast,
             foreground_cue=d.foreground_cue,
             shapes=d.shapes,
+            class_by=d.class_by,
         )
     from ablations.data.datasets import DATASETS, DatasetError
 

@@ -264,6 +264,7 @@ class SyntheticShapes(Dataset):
         background_contrast: float = 1.0,
         foreground_cue: float = 0.0,
         shapes: tuple[str, ...] | None = None,
+        class_by: str = "shape",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: allowed {sorted(SPLITS)}")
@@ -287,8 +288,13 @@ class SyntheticShapes(Dataset):
         if not shapes or unknown or len(set(shapes)) != len(shapes):
             raise ValueError(f"shapes={list(shapes)!r}: distinct names from {list(CLASS_NAMES[1:])}")
         self._shape_ids = np.array([CLASS_NAMES.index(name) for name in shapes], dtype=np.int64)
-        self.num_classes = 1 + len(shapes)
-        self.class_names = ("background", *shapes)
+        # class_by="size": an object's label is its size bucket, not its shape (same images, same random stream).
+        # A pixel deep inside a large object then needs context as wide as the object to be named, at any shape.
+        if class_by not in ("shape", "size"):
+            raise ValueError(f"class_by={class_by!r}: allowed 'shape' or 'size'")
+        self.class_by = class_by
+        self.num_classes = 1 + (len(SIZE_BUCKETS) - 1 if class_by == "size" else len(shapes))
+        self.class_names = ("background", *(SIZE_BUCKETS[1:] if class_by == "size" else shapes))
         self._split_id = SPLITS[split]
 
         side = self.image_size
@@ -311,7 +317,7 @@ class SyntheticShapes(Dataset):
             f"SyntheticShapes(split={self.split!r}, num_samples={self.num_samples}, image_size={self.image_size}, "
             f"seed={self.seed}, max_objects={self.max_objects}, max_distractors={self.max_distractors}, "
             f"num_textures={self.num_textures}, background_contrast={self.background_contrast}, "
-            f"foreground_cue={self.foreground_cue})"
+            f"foreground_cue={self.foreground_cue}, class_by={self.class_by!r})"
         )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -404,7 +410,8 @@ class SyntheticShapes(Dataset):
             j = first_object + rank
             shape, label = int(self._shape_ids[classes[o]]), int(classes[o]) + 1
             spec = self._draw_object(layers, j, shape, label, float(sides[o]), params[o], int(textures[j]))
-            labels[j], buckets[j], instances[j] = label, spec.bucket, rank + 1
+            labels[j] = spec.bucket if self.class_by == "size" else label
+            buckets[j], instances[j] = spec.bucket, rank + 1
             objects.append(spec)
 
         return layers, (textures, offsets, colours), labels, buckets, instances, tuple(objects)
