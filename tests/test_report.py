@@ -181,7 +181,7 @@ def test_direction_of_our_verdict_against_the_paper():
     assert direction(+0.57, stats.BETTER, 1.0) == "reproduced"
     assert direction(+0.57, stats.WORSE, 1.0) == "opposite"
     assert direction(+3.0, stats.EQUIVALENT, 1.0) == "not reproduced (equivalent here)"
-    assert direction(+0.2, stats.EQUIVALENT, 1.0) == "reproduced (no effect in either)"
+    assert direction(+0.2, stats.EQUIVALENT, 1.0) == "consistent (both below min_effect)"
     assert direction(+1.2, stats.INCONCLUSIVE, 1.0) == "unresolved"
     assert direction(+1.2, stats.NOT_MEASURABLE, 1.0) == "not measurable here"
 

@@ -17,7 +17,7 @@ from ablations.results.frames import ResultsError
 ENTRY_KEYS = {"study", "paper", "table", "setup", "verified", "values"}
 REPRODUCED, OPPOSITE, UNRESOLVED = "reproduced", "opposite", "unresolved"
 NOT_REPRODUCED = "not reproduced (equivalent here)"
-NO_EFFECT = "reproduced (no effect in either)"
+NO_EFFECT = "consistent (both below min_effect)"
 
 
 @dataclass(frozen=True)
