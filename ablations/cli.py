@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         "sweep", help="run a study file (sweeps/*.yaml): every arm × seed, or a sampler's budget, then the table"
     )
     sweep.add_argument("study", metavar="STUDY", help="study file, e.g. sweeps/multigrid.yaml")
-    sweep.add_argument("--profile", choices=profile_names(), help="named preset (default: the study's)")
+    sweep.add_argument(
+        "--profile", choices=[*profile_names(), "auto"], help="named preset, or auto (default: the study's)"
+    )
     sweep.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="applied to every trial"
     )
@@ -299,7 +301,13 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
                 f"study {name}: {study.total} trials ({len(study.arms)} arms × {len(study.seeds)} seeds)"
                 if study.is_grid
                 else f"study {name}: {study.total} trials sampled by {study.sampler}",
-                f"· profile {study.profile} · storage {sweep.redact(url)} · run folder {out_dir}",
+                f"· profile {study.profile}"
+                + (
+                    f" (auto: {'a CUDA GPU' if study.profile == 'faithful' else 'no CUDA GPU'} here)"
+                    if study.requested_profile == "auto"
+                    else ""
+                )
+                + f" · storage {sweep.redact(url)} · run folder {out_dir}",
                 flush=True,
             )
         if args.workers > 1 and not args.worker:

@@ -59,6 +59,16 @@ STUDY_KEYS = {
 DEFAULT_MIN_EFFECT = 0.01  # one mIoU point: the smallest difference a report calls better or worse
 
 
+AUTO = "auto"  # profile: the papers' geometry (faithful) on a machine with a CUDA GPU, the CPU smoke test otherwise
+
+
+def auto_profile() -> str:
+    """``faithful`` when torch sees a CUDA GPU, else ``quick``: what ``profile: auto`` resolves to here."""
+    import torch
+
+    return "faithful" if torch.cuda.is_available() else "quick"
+
+
 class StudyError(ValueError):
     """A study file that cannot run; the message names the file, the field, the bad value and what is allowed."""
 
@@ -109,6 +119,7 @@ class Study:
     budget: int | None
     pruner: Mapping[str, Any] | None
     sets: tuple[str, ...] = ()  # command-line --set overrides, applied after ``fixed`` and before arms
+    requested_profile: str | None = None  # as the file or command line says it ("auto" → ``profile``)
     baseline: str | None = None  # the arm every other arm is compared with (default: the first)
     min_effect: float = DEFAULT_MIN_EFFECT  # smallest |Δ| of the first objective worth calling better or worse
 
@@ -240,8 +251,11 @@ def parse_study(
     description = str(raw.get("description") or "").strip()
 
     profile = profile if profile is not None else raw.get("profile")
+    requested = profile
+    if profile == AUTO:
+        profile = auto_profile()
     if profile is not None and profile not in profile_names():
-        raise fail("profile", profile, f"allowed {profile_names()}")
+        raise fail("profile", profile, f"allowed {[*profile_names(), AUTO]}")
     base = raw.get("base")
     if base is not None:
         base = Path(base)
@@ -333,6 +347,7 @@ def parse_study(
         budget=budget if axis is None else None,
         pruner=pruner,
         sets=tuple(sets),
+        requested_profile=requested,
         baseline=baseline,
         min_effect=float(min_effect),
     )

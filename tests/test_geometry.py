@@ -138,3 +138,13 @@ def test_strict_refuses_before_anything_is_created(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert err.startswith("ablations: error: --strict: arm (1,2,3): layer4.2.conv2 r6 on 6×6") and "(and 1 more)" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("path", study_files(SWEEPS), ids=lambda p: p.stem)
+def test_the_faithful_profile_leaves_no_studied_conv_degenerate(path):
+    from ablations.geometry import startup_warnings
+
+    study = load_study(path, profile="faithful")
+    geometry = study_geometry(study)
+    assert geometry is None or (geometry.crop == 513 and geometry.verdict == ANSWERABLE)
+    assert startup_warnings(study) == []

@@ -117,7 +117,7 @@ BASE = {"name": "s", "axis": {"name": "a", "key": "backbone.output_stride", "val
     [
         ({"colour": 1}, (), "unknown field(s) ['colour']"),
         ({"name": "a b"}, (), "name='a b'"),
-        ({"profile": "fast"}, (), "profile='fast': allowed ['paper', 'quick']"),
+        ({"profile": "fast"}, (), "profile='fast': allowed ['faithful', 'paper', 'quick', 'auto']"),
         ({"seeds": [0, 0]}, (), "seeds=[0, 0]: a non-empty list of distinct integers ≥ 0"),
         ({"seeds": []}, (), "seeds=[]"),
         ({"sampler": "cmaes"}, (), "sampler='cmaes': allowed ['grid', 'random', 'tpe', 'nsga2']"),
@@ -157,7 +157,17 @@ def test_missing_or_broken_file(tmp_path):
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
-@pytest.mark.parametrize("profile", ["quick", "paper"])
+@pytest.mark.parametrize("profile", ["quick", "paper", "faithful"])
 def test_every_study_is_valid_under_every_profile(path, profile):
     study = load_study(path, profile=profile)
     assert study.profile == profile and study.total >= 2
+
+
+@pytest.mark.parametrize(("gpu", "expected"), [(True, "faithful"), (False, "quick")])
+def test_profile_auto_picks_the_papers_geometry_with_a_gpu(monkeypatch, gpu, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    study = load_study(SWEEPS / "multigrid.yaml")
+    assert study.requested_profile == "auto" and study.profile == expected
+    assert study.describe()["profile"] == expected  # what the storage records

@@ -257,3 +257,20 @@ def test_two_processes_count_every_rank_write_once_and_evaluate_each_image_once(
     assert [r["processes"] for r in results] == [1, 2]
     assert results[0]["val/mIoU"] == results[1]["val/mIoU"] == pytest.approx(metrics["val/mIoU"])
     assert results[0]["val/pixel_acc"] == results[1]["val/pixel_acc"]
+
+
+def test_the_faithful_profile_trains_a_step_on_a_cpu_at_a_reduced_crop(tmp_path, monkeypatch):
+    from ablations.config import load_config
+    from ablations.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    config = load_config(
+        profile="faithful",
+        overrides=["data.image_size=64", "data.crop_size=64", "data.train_samples=8", "data.val_samples=4",
+                   "data.batch_size=4", "data.num_workers=0", "train.max_steps=1", "train.val_every=1",
+                   "backbone.width=0.125", "context.channels=16", "decoder.channels=16"],
+    )  # fmt: skip
+    assert config.data.class_by == "size" and config.head.num_classes == 4
+    metrics = train(config, tmp_path / "run", progress_bar=False)
+    assert metrics["best_step"] == 1 and set(metrics) >= {"val/IoU/small", "val/IoU/medium", "val/IoU/large"}

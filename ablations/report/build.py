@@ -62,13 +62,15 @@ def find_storages(runs: Path) -> dict[str, str]:
 
 
 def load_inputs(
-    study_files: Sequence[Path], data_dir: Path, refreshed: dict[str, pd.DataFrame]
+    study_files: Sequence[Path], data_dir: Path, refreshed: dict[str, pd.DataFrame], profiles: dict[str, str | None]
 ) -> list[tuple[Study, pd.DataFrame]]:
     """Each study with its trial frame: the refreshed one, else the CSV in ``data_dir``."""
     out = []
     for path in study_files:
+        # The profile the data was recorded with, not what `auto` would pick on this machine.
+        profile = profiles.get(path.stem) or _read_meta(data_dir / f"{path.stem}.meta.json").get("profile")
         try:
-            study = load_study(path)
+            study = load_study(path, profile=profile)
         except StudyError as error:
             raise ResultsError(str(error)) from None
         if study.name in refreshed:
@@ -421,7 +423,7 @@ def generate(
     printer: Callable[[str], None] = print,
 ) -> list[StudyReport]:
     """Refresh data from storages, analyse every study that has data, write the reports (see module docstring)."""
-    from ablations.results.frames import redact, storage_frames
+    from ablations.results.frames import recorded_profile, redact, storage_frames
 
     data_dir = data_dir or out_dir / "data"
     if papers_file is None:
@@ -439,6 +441,7 @@ def generate(
                            f"studies are {sorted(files)}")  # fmt: skip
     refreshed: dict[str, pd.DataFrame] = {}
     sources: dict[str, str] = {}
+    profiles: dict[str, str | None] = {}
     if runs is not None:
         if not runs.is_dir():
             raise ResultsError(f"--runs {runs}: no such folder")
@@ -446,15 +449,17 @@ def generate(
         if not found:
             raise ResultsError(f"--runs {runs}: no study storage (<study>/optuna.db) in it")
         for name, url in found.items():
-            if name in files and (not study_names or name in study_names):
-                refreshed.update(storage_frames(url, [name]) if _has_study(url, name) else {})
+            if name in files and (not study_names or name in study_names) and _has_study(url, name):
+                refreshed.update(storage_frames(url, [name]))
                 sources[name] = (runs / name / "optuna.db").as_posix()
+                profiles[name] = recorded_profile(url, name)
     if storage is not None:
         for name, df in storage_frames(storage, list(study_names) or None).items():
             refreshed[name] = df
             sources[name] = redact(storage)
+            profiles[name] = recorded_profile(storage, name)
     wanted = [files[n] for n in (study_names or files)]
-    inputs = load_inputs(wanted, data_dir, refreshed)
+    inputs = load_inputs(wanted, data_dir, refreshed, profiles)
     if not inputs:
         raise ResultsError(f"no study has data: no {data_dir}/<study>.csv and no storage given or found")
     papers = load_papers(papers_file) if papers_file.is_file() else []
@@ -471,7 +476,7 @@ def generate(
         csv_path = data_dir / f"{study.name}.csv"
         changed = study.name in refreshed and (not csv_path.is_file() or csv_path.read_text() != to_csv(df))
         if changed:  # an unchanged refresh keeps its record of where and by which commit the data came
-            meta.update(storage=sources[study.name], commit=commit)
+            meta.update(storage=sources[study.name], commit=commit, profile=study.profile)
             writes[csv_path] = to_csv(df)
         if bench and study.is_grid:
             printer(f"[{study.name}] speed: every arm interleaved …")

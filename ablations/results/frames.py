@@ -113,6 +113,15 @@ def storage_frames(url: str, study_names: Sequence[str] | None = None) -> dict[s
     return {n: trial_frame(optuna.load_study(study_name=n, storage=storage)) for n in wanted}
 
 
+def recorded_profile(url: str, name: str) -> str | None:
+    """The profile a sweep recorded for study ``name`` when it started (after resolving ``auto``)."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+    return (attrs.get("study") or {}).get("profile")
+
+
 def write_atomic(path: str | Path, content: str | bytes) -> None:
     """Write to a temporary file beside ``path``, then rename it: a reader never sees half a file. Text is UTF-8
     with ``\n`` line ends."""
