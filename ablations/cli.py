@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one config; writes config, best checkpoint and metrics.json")
     _config_arguments(train)
     train.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-<date>-<time>)")
+    # A sweep's multi-device trial runs as `ablations train`; these name its W&B run like an in-process trial's.
+    train.add_argument("--wandb-name", help=argparse.SUPPRESS)
+    train.add_argument("--wandb-group", help=argparse.SUPPRESS)
+    train.add_argument("--wandb-extra", type=json.loads, help=argparse.SUPPRESS)
     evaluate = commands.add_parser(
         "evaluate", help="validate a checkpoint of `ablations train`; prints its val metrics"
     )
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(error)
     if args.command == "describe":
         return _describe(config, tuple(args.input_size), as_json=args.json)
-    return _train(config, args.out)
+    return _train(config, args.out, name=args.wandb_name, group=args.wandb_group, extra=args.wandb_extra)
 
 
 def _describe(config: ExperimentConfig, input_size: tuple[int, int], *, as_json: bool) -> int:
@@ -168,14 +172,16 @@ def _describe(config: ExperimentConfig, input_size: tuple[int, int], *, as_json:
     return 0
 
 
-def _train(config: ExperimentConfig, out: str | None) -> int:
+def _train(
+    config: ExperimentConfig, out: str | None, *, name: str | None = None, group: str | None = None, extra=None
+) -> int:
     from ablations.data.datasets import DatasetError
     from ablations.model.backbones import WeightsError
     from ablations.train import train
 
     out_dir = out or time.strftime("runs/train-%Y%m%d-%H%M%S")
     try:
-        metrics = train(config, out_dir)
+        metrics = train(config, out_dir, name=name, group=group, wandb_extra=extra)
     except (ConfigError, DatasetError, WeightsError) as error:
         return _error(error)
     print(

@@ -463,9 +463,15 @@ def _check_configs(study: Study, where: str) -> None:
         raise StudyError(f"{where}: the shared settings (profile, base, fixed, --set): {error}") from None
     for arm in study.arms:
         try:
-            study.resolve(arm.label, seed)
+            config = study.resolve(arm.label, seed)
         except ConfigError as error:
             raise StudyError(f"{where}: arm {arm.label!r}: {error}") from None
+        if study.pruner and config.train.devices > 1:
+            raise StudyError(
+                f"{where}: pruner={study.pruner.get('kind')!r} with train.devices={config.train.devices} (arm "
+                f"{arm.label!r}): a multi-device trial trains in its own process, where it cannot be pruned; use "
+                "train.devices=1 or drop the pruner"
+            )
     for p in study.search_space:
         samples = p.choices if p.categorical else ((int(p.low), int(p.high)) if p.integer else (p.low, p.high))
         for value in samples:

@@ -496,24 +496,23 @@ def run_trial(
     try:
         stats = trial_stats(config)
         storage.set_trial_user_attr(tid, "stats", stats)
+        extra = {
+            "study": study_name,
+            "study_file": str(study.path) if study.path else None,
+            "axis": study.axis,
+            "arm": label,
+            "seed": seed,
+            "trial": trial.number,
+            "params": params,
+        }
         with Heartbeat(storage, tid, HEARTBEAT_S):
-            metrics = train(
-                config,
-                run_dir,
-                name=name,
-                group=study_name,
-                wandb_extra={
-                    "study": study_name,
-                    "study_file": str(study.path) if study.path else None,
-                    "axis": study.axis,
-                    "arm": label,
-                    "seed": seed,
-                    "trial": trial.number,
-                    "params": params,
-                },
-                callbacks=callbacks,
-                progress_bar=False,
-            )
+            if config.train.devices > 1:
+                metrics = train_in_subprocess(config, run_dir, name=name, group=study_name, wandb_extra=extra)
+            else:
+                metrics = train(
+                    config, run_dir, name=name, group=study_name, wandb_extra=extra, callbacks=callbacks,
+                    progress_bar=False,
+                )  # fmt: skip
     except optuna.TrialPruned as pruned:
         storage.set_trial_user_attr(tid, "pruned", str(pruned))
         optuna_study.tell(trial, state=TrialState.PRUNED)
@@ -552,6 +551,40 @@ def run_trial(
         + f", {time.time() - started:.0f} s"
     )
     return "COMPLETE"
+
+
+class TrialProcessError(RuntimeError):
+    """A multi-device trial's training process failed; the message is the end of what it printed."""
+
+
+def train_in_subprocess(config, run_dir: Path, *, name: str, group: str, wandb_extra: dict) -> dict[str, Any]:
+    """Train a multi-device trial (``train.devices`` > 1) as its own ``ablations train`` process. Lightning's DDP
+    launcher starts the other ranks by re-running the command that started it; run inside the sweep, that command
+    would be the sweep, and every rank would claim trials of its own. The trial's process writes
+    ``metrics.json`` once (rank 0), which is the result; its failure is classified from what it printed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "trial-config.yaml"
+    config_file.write_text(config.to_yaml())
+    command = [
+        *(sys.executable, "-m", "ablations.cli", "train", "--config", str(config_file), "--out", str(run_dir)),
+        *("--wandb-name", name, "--wandb-group", group, "--wandb-extra", json.dumps(_json_safe(wandb_extra))),
+    ]
+    log = run_dir / "train.log"
+    with log.open("w") as out:
+        status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+    if status != 0 or not (run_dir / "metrics.json").is_file():
+        tail = log.read_text(errors="replace")[-2000:].strip()
+        message = f"training process exited with status {status}: {tail.splitlines()[-1] if tail else ''}"
+        if status == 2:  # the CLI's one-line bad-input exit
+            from ablations.config import ConfigError
+
+            raise ConfigError(tail.splitlines()[-1].removeprefix("ablations: error: ") if tail else message)
+        if "training diverged" in tail:
+            from ablations.system import DivergedError
+
+            raise DivergedError(tail.split("training diverged", 1)[1].splitlines()[0].strip(": "))
+        raise TrialProcessError(message + "\n" + tail)
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def _inference_figures(config) -> dict[str, Any]:

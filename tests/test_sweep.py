@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from ablations import sweep
 from ablations.cli import main
-from ablations.study import load_study
+from ablations.study import StudyError, load_study
 
 TINY_FIXED = {
     "backbone.width": 0.125,
@@ -470,3 +470,29 @@ def test_unreachable_storage_is_one_clear_line(workdir, capsys):
     assert main(["sweep", str(path), "--storage", "postgresql+psycopg2://u:secret@127.0.0.1:1/db"]) == 2
     err = capsys.readouterr().err
     assert "cannot connect" in err and "secret" not in err and "Traceback" not in err
+
+
+def test_a_two_device_trial_trains_in_its_own_process_and_records_every_rank(workdir):
+    """train.devices=2 (gloo on a CPU): the trial runs as `ablations train`, so the DDP launcher's second rank is
+    a training process, not a second sweep that would claim trials; one metrics file, one W&B run."""
+    path = write_study(workdir, "ddp", fixed={"train.devices": 2, "train.accelerator": "cpu"}, seeds=[0])
+    assert main(["sweep", str(path), "--max-trials", "1"]) == 0
+    study = stored(workdir / "runs" / "sweeps" / "ddp", "ddp")
+    states = collections.Counter(t.state for t in study.get_trials())
+    assert states == {TrialState.COMPLETE: 1, TrialState.WAITING: 1}  # no rank claimed the other arm
+    [trial] = study.get_trials(states=(TrialState.COMPLETE,))
+    run_dir = Path(trial.user_attrs["run_dir"])
+    assert [p.name for p in run_dir.glob("*.json")] == ["metrics.json"]
+    assert len(glob.glob(str(run_dir / "wandb" / "offline-run-*"))) == 1
+    record = Path(glob.glob(str(run_dir / "wandb" / "offline-run-*" / "*.wandb"))[0]).read_bytes()
+    assert run_dir.name.split("-", 1)[1].encode() in record and b"ddp" in record  # name and group
+    metrics = trial.user_attrs["metrics"]
+    # batch 2 on each of 2 ranks per step: images/s × median step time ≈ 4 (one rank alone would give 2)
+    assert metrics["train/images_per_s"] * metrics["train/step_time_s"] == pytest.approx(4, rel=0.35)
+    assert 0 <= metrics["val/mIoU"] <= 1
+
+
+def test_a_pruned_study_with_multi_device_trials_is_refused_at_load(workdir):
+    path = write_study(workdir, "ddp", fixed={"train.devices": 2}, pruner={"kind": "median"})
+    with pytest.raises(StudyError, match="a multi-device trial trains in its own process"):
+        load_study(path)
