@@ -122,9 +122,9 @@ def test_the_sweep_warns_at_start_up_when_the_quick_crop_cannot_measure_an_arm()
     lines = startup_warnings(load_study(SWEEPS / "multigrid.yaml"))
     assert lines == [
         "geometry: arm (1,2,3): layer4.2.conv2 r6 on 6×6 sees only the centre tap (a 1×1 conv) at 96²; profile "
-        "paper (513²) measures it",
+        "faithful (513²) measures it",
         "geometry: arm (1,2,4): layer4.2.conv2 r8 on 6×6 sees only the centre tap (a 1×1 conv) at 96²; it is the "
-        "same network as (1,2,3) at 96²; profile paper (513²) measures it",
+        "same network as (1,2,3) at 96²; profile faithful (513²) measures it",
     ]
     assert startup_warnings(load_study(SWEEPS / "multigrid.yaml", profile="paper")) == []
     assert startup_warnings(load_study(SWEEPS / "image_pooling.yaml")) == []
