@@ -15,6 +15,7 @@ are all the same network cannot be answered at this crop; one where some are, on
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +179,7 @@ def study_geometry(study: Study, seed: int | None = None) -> StudyGeometry | Non
         studied = {k[0] for k in keys[arm] if any(k not in other for other in against)}
         same = seen.get(signature)
         seen.setdefault(signature, arm)
-        arms[arm] = ArmGeometry(arm, crop, geo.feature_size, geo.convs, tuple(sorted(studied)), same)
+        arms[arm] = dataclasses.replace(geo, studied=tuple(sorted(studied)), same_as=same)
     return StudyGeometry(study.name, crop, arms)
 
 

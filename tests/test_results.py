@@ -91,7 +91,8 @@ def test_significant_but_below_min_effect_is_not_better():
     # d = 0.007, 0.008, 0.009: p ≈ 0.005, but |Δ| = 0.008 < 0.01 and the interval reaches past +0.01
     c = verdict_of([0.80, 0.81, 0.82], [0.807, 0.818, 0.829])
     assert c.interval.p < 0.05 and c.interval.high > 0.01
-    assert c.verdict == stats.INCONCLUSIVE and "below" not in c.label and "min_effect" in c.note
+    assert c.verdict == stats.INCONCLUSIVE and c.note == "significant, but |Δ| < min_effect 0.01"
+    assert c.label == f"inconclusive (≈ {c.seeds_needed} seeds needed)"
 
 
 def test_an_interval_inside_the_band_is_equivalent():

@@ -114,9 +114,14 @@ def analyse(study: Study, df: pd.DataFrame, meta: dict, speed: pd.DataFrame | No
 # Rendering
 
 
+def _baseline_config(study: Study):
+    """The config every page describes: the baseline arm (a grid study) or the shared settings (a search)."""
+    return study.resolve(study.baseline if study.is_grid else None, study.seeds[0])
+
+
 def _setup(report: StudyReport) -> list[str]:
     study, df = report.study, report.trials
-    config = study.resolve(study.baseline if study.is_grid else None, study.seeds[0])
+    config = _baseline_config(study)
     b, d, t = config.backbone, config.data, config.train
     crop = d.crop_size or d.image_size
     devices = sorted({str(x) for x in df.get(names.DEVICE, pd.Series(dtype=str)).dropna()})
@@ -146,14 +151,13 @@ def _setup(report: StudyReport) -> list[str]:
 
 
 def _model_text(study: Study) -> str:
-    config = study.resolve(study.baseline if study.is_grid else None, study.seeds[0])
+    config = _baseline_config(study)
     weights = "from ImageNet weights" if config.backbone.weights else "from scratch"
     return f"a {config.backbone.name} ×{config.backbone.width:g} {weights}"
 
 
 def _data_text(study: Study) -> str:
-    config = study.resolve(study.baseline if study.is_grid else None, study.seeds[0])
-    d = config.data
+    d = _baseline_config(study).data
     if d.name == "synthetic":
         return f"the embedded synthetic benchmark at {d.crop_size or d.image_size}² crops"
     return f"{d.name} at {d.crop_size or d.image_size}² crops"
@@ -449,8 +453,11 @@ def generate(
         if not found:
             raise ResultsError(f"--runs {runs}: no study storage (<study>/optuna.db) in it")
         for name, url in found.items():
-            if name in files and (not study_names or name in study_names) and _has_study(url, name):
-                refreshed.update(storage_frames(url, [name]))
+            if name not in files or (study_names and name not in study_names):
+                continue
+            stored = storage_frames(url)  # a sweep's file holds its study (and maybe others, left alone)
+            if name in stored:
+                refreshed[name] = stored[name]
                 sources[name] = (runs / name / "optuna.db").as_posix()
                 profiles[name] = recorded_profile(url, name)
     if storage is not None:
@@ -505,13 +512,6 @@ def generate(
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             printer(f"W&B: the report runs were not logged ({type(error).__name__}: {first}); the files are written")
     return reports
-
-
-def _has_study(url: str, name: str) -> bool:
-    import optuna
-
-    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
-    return name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

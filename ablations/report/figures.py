@@ -20,7 +20,6 @@ STYLE = {
     "axes.spines.right": False,
     "figure.dpi": 100,
     "savefig.dpi": 100,
-    "svg.hashsalt": "ablations",
 }
 MARKERS = "osD^v<>pX*"
 

@@ -43,7 +43,7 @@ class Interval:
     method: str  # "paired" | "welch" | "none"
     n: int  # paired seeds (paired), or the smaller group (welch)
     delta: float
-    sd: float  # sd of the paired differences (paired), pooled-free Welch SE·√n otherwise
+    sd: float  # sd of the paired differences (paired); Welch: its standard error × √n, for comparable size
     low: float
     high: float
     p: float
