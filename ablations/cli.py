@@ -8,9 +8,11 @@ import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
+from ablations.paths import check_name, check_readable_file, check_writable_dir, check_writable_file
 
 
 def _positive(text: str) -> int:
@@ -36,8 +38,15 @@ def _config_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--profile", choices=profile_names(), help="named preset applied before the config file")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (``ablations <command>: error: …``), status 2, like every other bad input."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablations", description="Ablation harness for DeepLab-family segmentation.")
+    parser = _Parser(prog="ablations", description="Ablation harness for DeepLab-family segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
     describe = commands.add_parser("describe", help="show what a config builds: rates, receptive field, params, MACs")
     _config_arguments(describe)
@@ -138,7 +147,10 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _error(message: object) -> int:
-    print(f"ablations: error: {message}", file=sys.stderr)
+    from ablations.results.frames import redact
+
+    line = " ".join(str(message).split("\n")).strip()  # one line, and never a password from a storage URL
+    print(f"ablations: error: {redact(line)}", file=sys.stderr)
     return 2
 
 
@@ -181,6 +193,10 @@ def _train(
 
     out_dir = out or time.strftime("runs/train-%Y%m%d-%H%M%S")
     try:
+        check_writable_dir("--out", out_dir, ConfigError)
+        for flag, value in (("--wandb-name", name), ("--wandb-group", group)):
+            if value is not None:
+                check_name(flag, value, ConfigError)
         metrics = train(config, out_dir, name=name, group=group, wandb_extra=extra)
     except (ConfigError, DatasetError, WeightsError) as error:
         return _error(error)
@@ -193,17 +209,17 @@ def _train(
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import pickle
+
     from ablations.data.datasets import DatasetError
     from ablations.train import evaluate
 
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        return _error(f"checkpoint {args.checkpoint}: no such file")
     try:
+        path = check_readable_file("checkpoint", args.checkpoint, ConfigError)
         metrics = evaluate(path, args.overrides)
     except (ConfigError, DatasetError) as error:
         return _error(error)
-    except (RuntimeError, KeyError, EOFError) as error:  # not a checkpoint of ours, or a truncated one
+    except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:  # not ours, or a truncated one
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         return _error(f"checkpoint {args.checkpoint}: cannot be loaded ({first})")
     from lightning.pytorch.utilities import rank_zero_only
@@ -231,6 +247,8 @@ def _bench(args: argparse.Namespace) -> int:
             repeats=args.repeats or counts["repeats"],
         )
         methods = [plain, bench.fast_method(plain, device)] if args.fast else [plain]
+        if args.out:
+            check_writable_file("--out", args.out, ConfigError)  # before the timing, not after it
     except (ConfigError, bench.BenchError) as error:
         return _error(error)
     printer = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
@@ -270,6 +288,8 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     from ablations.study import StudyError, load_study
 
     try:
+        if args.study_name is not None:  # it becomes a folder name
+            check_name("--study-name", args.study_name, StudyError)
         study = load_study(args.study, profile=args.profile, sets=args.overrides, seeds=args.seeds, budget=args.budget)
     except StudyError as error:
         return _error(error)
@@ -288,6 +308,10 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     out_dir = Path(args.out) if args.out else sweep.default_out_dir(study)
     if args.study_name and not args.out:
         out_dir = out_dir.parent / args.study_name
+    try:  # before anything is created
+        check_writable_dir("--out", out_dir, StudyError)
+    except StudyError as error:
+        return _error(error)
     # --retry-failed re-runs failures recorded before this sweep started (workers inherit the parent's start).
     inherited = os.environ.get("ABLATIONS_SWEEP_STARTED") if args.worker else None
     started = float(inherited) if inherited else time.time()

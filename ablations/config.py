@@ -24,6 +24,7 @@ import yaml
 
 from ablations.data import DATASET_NAMES, NUM_CLASSES, SYNTHETIC_SHAPES
 from ablations.dilation import LAYOUTS, dilation_plan, scale_rates
+from ablations.paths import load_yaml, read_text_file
 
 
 class ConfigError(ValueError):
@@ -34,10 +35,20 @@ def _field(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
+def _non_finite(value: Any) -> bool:
+    """A float (or a tuple holding one) that is inf or nan: no field accepts those."""
+    if isinstance(value, tuple | list):
+        return any(_non_finite(v) for v in value)
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
+    """Raise :class:`ConfigError` unless ``ok``; a non-finite number (inf, nan) always fails, whatever its
+    comparisons happen to say."""
+    if not ok or _non_finite(value):
         shown = list(value) if isinstance(value, tuple) else value
-        raise ConfigError(f"{key}={shown!r}: {allowed}")
+        finite = "" if not _non_finite(value) or "finite" in allowed else " (a finite number)"
+        raise ConfigError(f"{key}={shown!r}: {allowed}{finite}")
 
 
 def _choice(key: str, value: Any, choices: Iterable[Any]) -> None:
@@ -270,7 +281,7 @@ class DataConfig:
     batch_size: int = _field(16, "training images per step (v3 Table 9: 16)")
     val_batch_size: int | None = _field(None, "evaluation batch; null = batch_size for synthetic, 1 for real images")
     num_workers: int = _field(2, "data-loading worker processes")
-    check: str = _field("full", "dataset checks before training: full (decode every mask) | headers | none")
+    check: str = _field("full", "dataset checks before training: full (decode every image and mask) | headers | none")
 
     def __post_init__(self) -> None:
         _choice("data.name", self.name, DATASET_NAMES)
@@ -282,6 +293,7 @@ class DataConfig:
         _require(0 <= self.background_contrast <= 1, "data.background_contrast", self.background_contrast, "0 ≤ c ≤ 1")
         _require(0 <= self.foreground_cue <= 1, "data.foreground_cue", self.foreground_cue, "0 ≤ c ≤ 1")
         _require(0 < self.scale_min <= self.scale_max, "data.scale_min", self.scale_min, "0 < scale_min ≤ scale_max")
+        _require(self.scale_max <= 16, "data.scale_max", self.scale_max, "scale_min ≤ scale_max ≤ 16")
         if self.val_batch_size is not None:
             _require(self.val_batch_size >= 1, "data.val_batch_size", self.val_batch_size, "an integer ≥ 1")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer ≥ 0")
@@ -328,10 +340,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.max_steps >= 1, "train.max_steps", self.max_steps, "an integer ≥ 1")
-        _require(self.lr > 0, "train.lr", self.lr, "a positive number")
+        _require(0 < self.lr <= 100, "train.lr", self.lr, "0 < lr ≤ 100")
         _require(0 <= self.momentum < 1, "train.momentum", self.momentum, "0 ≤ momentum < 1")
-        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "≥ 0")
-        _require(self.poly_power >= 0, "train.poly_power", self.poly_power, "≥ 0")
+        _require(0 <= self.weight_decay <= 1, "train.weight_decay", self.weight_decay, "0 ≤ weight_decay ≤ 1")
+        _require(0 <= self.poly_power <= 100, "train.poly_power", self.poly_power, "0 ≤ power ≤ 100")
         _require(0 <= self.warmup_steps < self.max_steps, "train.warmup_steps", self.warmup_steps, "0 ≤ w < max_steps")
         _require(0 < self.bn_momentum <= 1, "train.bn_momentum", self.bn_momentum, "0 < m ≤ 1")
         _require(0 < self.hard_pixel_fraction <= 1, "train.hard_pixel_fraction", self.hard_pixel_fraction, "0 < f ≤ 1")
@@ -462,7 +474,7 @@ def load_config(
     if profile is not None:
         if profile not in profile_names():
             raise ConfigError(f"profile {profile!r}: allowed {profile_names()}")
-        data = _read_yaml(PROFILES_DIR / f"{profile}.yaml")
+        data = _read_yaml(PROFILES_DIR / f"{profile}.yaml", "profile file")
     if path is not None:
         _merge(data, _read_yaml(Path(path)))
     for override in overrides:
@@ -473,19 +485,13 @@ def load_config(
     return ExperimentConfig.from_dict(data)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"config file {str(path)!r}: cannot be read ({error.strerror})") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ConfigError(f"config file {str(path)!r}: not valid YAML{at}") from None
+def _read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from a text file: missing files, folders, binary files, invalid YAML and duplicate keys
+    each fail with one line naming the file."""
+    text = read_text_file(what, path, ConfigError)
+    loaded = load_yaml(text, f"{what} {str(path)!r}", ConfigError)
     if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"config file {str(path)!r}: must hold a mapping of sections, got {type(loaded).__name__}")
+        raise ConfigError(f"{what} {str(path)!r}: must hold a mapping of sections, got {type(loaded).__name__}")
     return loaded or {}
 
 
@@ -506,10 +512,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override {override!r}: expected KEY=VALUE with a dotted key, e.g. backbone.output_stride=8")
     raw = raw.strip()
     text = f"[{raw}]" if "," in raw and not raw.startswith(("[", "{")) else raw
-    try:
-        value = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override {override!r}: the value is not a valid YAML scalar or list") from None
+    value = load_yaml(text, f"override {override!r}: the value", ConfigError) if text else None
     set_value(data, key, value, what=f"override {override!r}")
 
 
@@ -554,7 +557,11 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             hint = f"; did you mean {prefix}{close[0]}?" if close else ""
             raise ConfigError(f"{prefix}{key}: unknown key; allowed {list(fields)}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    for key, value in kwargs.items():  # every field checks its own range; this is the net for one that forgot
+        if _non_finite(value):
+            raise ConfigError(f"{prefix}{key}={_show(value)!r}: expected a finite number")
+    return built
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -582,7 +589,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         _require(isinstance(value, int) and not isinstance(value, bool), key, value, "expected an integer")
         return value
     if hint is float:
-        _require(isinstance(value, int | float) and not isinstance(value, bool), key, value, "expected a number")
+        if not isinstance(value, int | float) or isinstance(value, bool):  # inf/nan: the field's range check says
+            raise ConfigError(f"{key}={_show(value)!r}: expected a number")
         return float(value)
     if hint is str:
         _require(isinstance(value, str), key, value, "expected a string")

@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
+from ablations.paths import load_yaml, read_text_file
 from ablations.results import names
 
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
@@ -215,14 +214,7 @@ def load_study(
     command line and take precedence over the file."""
     path = Path(path)
     where = f"study {str(path)!r}"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise StudyError(f"{where}: cannot be read ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise StudyError(f"{where}: not valid YAML{at}") from None
+    raw = load_yaml(read_text_file("study", path, StudyError), where, StudyError)
     if not isinstance(raw, dict):
         raise StudyError(f"{where}: must hold a mapping with at least name and axis or search_space")
     return parse_study(raw, path=path, profile=profile, sets=sets, seeds=seeds, budget=budget)
@@ -246,9 +238,12 @@ def parse_study(
     if unknown:
         raise StudyError(f"{where}: unknown field(s) {unknown}; allowed {sorted(STUDY_KEYS)}")
     name = raw.get("name")
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise fail("name", name, "a non-empty name of letters, digits, '-', '_' or '.'")
-    description = str(raw.get("description") or "").strip()
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) or set(name) == {"."}:
+        raise fail("name", name, "a non-empty name of letters, digits, '-', '_' or '.' (not '.' or '..')")
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise fail("description", description, "text")
+    description = (description or "").strip()
 
     profile = profile if profile is not None else raw.get("profile")
     requested = profile
@@ -258,6 +253,8 @@ def parse_study(
         raise fail("profile", profile, f"allowed {[*profile_names(), AUTO]}")
     base = raw.get("base")
     if base is not None:
+        if not isinstance(base, str) or not base.strip():
+            raise fail("base", base, "the path of a config file (text)")
         base = Path(base)
         if not base.is_absolute() and path is not None and not base.exists():
             base = path.parent / base
@@ -279,9 +276,12 @@ def parse_study(
     ):
         raise fail("seeds", seed_list, "a non-empty list of distinct integers ≥ 0")
 
-    space = tuple(_param(k, v, where) for k, v in (raw.get("search_space") or {}).items())
+    space_spec = raw.get("search_space") or {}
+    if not isinstance(space_spec, dict):
+        raise fail("search_space", space_spec, "a mapping of config keys to {low, high[, log, int]} or {choices}")
+    space = tuple(_param(k, v, where) for k, v in space_spec.items())
     sampler = raw.get("sampler", "grid" if axis else "tpe")
-    if sampler not in SAMPLERS:
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise fail("sampler", sampler, f"allowed {list(SAMPLERS)}")
     if axis is None:
         if not space:
@@ -291,16 +291,21 @@ def parse_study(
     elif sampler == "grid" and space:
         sampler = "random"  # the grid is arms × seeds; the nuisance parameters are drawn at random
 
-    objectives = tuple(_objective(o, where) for o in raw.get("objectives", [{"metric": names.MIOU}]))
-    if not objectives:
-        raise fail("objectives", [], "at least one {metric, direction}")
+    objective_specs = raw.get("objectives", [{"metric": names.MIOU}])
+    if not isinstance(objective_specs, list) or not objective_specs:
+        raise fail("objectives", objective_specs, "a non-empty list of {metric, direction}")
+    objectives = tuple(_objective(o, where) for o in objective_specs)
+    metrics = [o.metric for o in objectives]
+    if len(set(metrics)) != len(metrics):
+        raise fail("objectives", metrics, "each metric at most once")
     budget = budget if budget is not None else raw.get("budget")
     if axis is None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
         raise fail("budget", budget, "the number of trials (an integer ≥ 1) for a study without an axis")
     pruner = raw.get("pruner")
     if pruner is not None:
-        if not isinstance(pruner, dict) or pruner.get("kind") not in PRUNERS:
+        if not isinstance(pruner, dict) or not isinstance(pruner.get("kind"), str) or pruner["kind"] not in PRUNERS:
             raise fail("pruner", pruner, f"null or a mapping with kind in {list(PRUNERS)}")
+        _check_pruner(pruner, where)
         if len(objectives) > 1:
             raise fail("pruner", pruner["kind"], "pruning needs a single objective")
 
@@ -416,6 +421,10 @@ def _param(name: Any, spec: Any, where: str) -> Param:
     what = f"{where}: search_space {name!r}"
     if not isinstance(spec, dict):
         raise StudyError(f"{what}: expected {{low, high[, log, int]}} or {{choices: [...] | {{label: overrides}}}}")
+    allowed_keys = {"choices"} if "choices" in spec else {"low", "high", "log", "int"}
+    extra = sorted(set(spec) - allowed_keys)
+    if extra:
+        raise StudyError(f"{what}: unknown field(s) {extra}; allowed {sorted(allowed_keys)}")
     if "choices" in spec:
         choices = spec["choices"]
         if isinstance(choices, dict):
@@ -439,8 +448,89 @@ def _param(name: Any, spec: Any, where: str) -> Param:
         raise StudyError(f"{what}: low={low!r}, high={high!r}: two finite numbers")
     if not low < high or (spec.get("log") and low <= 0):
         raise StudyError(f"{what}: low={low!r}, high={high!r}: need low < high (and low > 0 with log: true)")
-    integer = bool(spec.get("int", False))
-    return Param(str(name), low=low, high=high, log=bool(spec.get("log", False)), integer=integer)
+    for flag in ("log", "int"):
+        if not isinstance(spec.get(flag, False), bool):
+            raise StudyError(f"{what}: {flag}={spec[flag]!r}: expected true or false")
+    integer = spec.get("int", False)
+    if integer and not (float(low).is_integer() and float(high).is_integer()):
+        raise StudyError(f"{what}: low={low!r}, high={high!r}: int: true needs whole numbers")
+    return Param(str(name), low=low, high=high, log=spec.get("log", False), integer=integer)
+
+
+# Settings of each pruner (``sweep.make_pruner``) and the smallest integer each allows (percentile: 0 < p < 100).
+PRUNER_SETTINGS: dict[str, dict[str, int]] = {
+    "median": {"warmup_steps": 0, "startup_trials": 0},
+    "percentile": {"warmup_steps": 0, "startup_trials": 0, "percentile": 0},
+    "hyperband": {"min_resource": 1},
+    "successive_halving": {"min_resource": 1},
+}
+
+
+def _check_pruner(pruner: Mapping[str, Any], where: str) -> None:
+    kind = pruner["kind"]
+    settings = PRUNER_SETTINGS[kind]
+    unknown = sorted(set(pruner) - {"kind", *settings})
+    if unknown:
+        raise StudyError(f"{where}: pruner {kind!r}: unknown setting(s) {unknown}; allowed {sorted(settings)}")
+    for key, value in pruner.items():
+        if key == "kind":
+            continue
+        low = settings[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if key == "percentile":
+            ok = number and math.isfinite(value) and 0 < value < 100
+            allowed = "a number with 0 < percentile < 100"
+        else:
+            ok = number and isinstance(value, int) and value >= low
+            allowed = f"an integer ≥ {low}"
+        if not ok:
+            raise StudyError(f"{where}: pruner {kind!r}: {key}={value!r}: {allowed}")
+
+
+def run_metrics(config: ExperimentConfig) -> set[str]:
+    """The numeric metrics a trial of ``config`` records, i.e. what an objective may name: the validation
+    metrics (per-size mIoU on the embedded benchmark only, one ``val/IoU/<class>`` per class of the dataset),
+    training throughput (MFU on a GPU only), the run facts, the architecture statistics and the inference
+    figures."""
+    found = {
+        names.MIOU,
+        names.PIXEL_ACC,
+        names.BOUNDARY_MIOU,
+        names.TRAIN_IPS,
+        names.TRAIN_STEP_S,
+        names.PEAK_MB,
+        names.PARAMS,
+        names.BEST_STEP,
+        names.WALL_S,
+        names.MACS,
+        names.RECEPTIVE_FIELD,
+        names.OUTPUT_STRIDE,
+        names.INFER_IPS,
+        names.INFER_LATENCY_MS,
+        names.INFER_PEAK_MB,
+        names.INFER_MACS,
+    }
+    data = config.data
+    if data.name == "synthetic":
+        found |= set(names.SIZE_MIOUS)
+    if config.train.uses_gpu():
+        found.add(names.TRAIN_MFU)
+    found |= {names.CLASS_IOU + c for c in class_names(config)}
+    return found
+
+
+def class_names(config: ExperimentConfig) -> tuple[str, ...]:
+    """The class names a run of ``config`` reports per-class IoU under (without touching the dataset)."""
+    from ablations.data import SIZE_BUCKETS, SYNTHETIC_SHAPES
+
+    data = config.data
+    if data.name == "synthetic":
+        return ("background", *(SIZE_BUCKETS[1:] if data.class_by == "size" else data.shapes or SYNTHETIC_SHAPES))
+    if data.name == "folder":
+        return tuple(f"class{i}" for i in range(config.head.num_classes))
+    from ablations.data.datasets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
+
+    return {"voc": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES}[data.name]
 
 
 def _objective(spec: Any, where: str) -> Objective:
@@ -448,6 +538,9 @@ def _objective(spec: Any, where: str) -> Objective:
         spec = {"metric": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("metric"), str):
         raise StudyError(f"{where}: objectives: {spec!r}: expected {{metric: NAME, direction: maximize|minimize}}")
+    extra = sorted(set(spec) - {"metric", "direction"})
+    if extra:
+        raise StudyError(f"{where}: objective {spec['metric']!r}: unknown field(s) {extra}; allowed metric, direction")
     direction = spec.get("direction", "maximize")
     if direction not in DIRECTIONS:
         raise StudyError(f"{where}: objective {spec['metric']!r}: direction={direction!r}: allowed {list(DIRECTIONS)}")
@@ -458,14 +551,17 @@ def _check_configs(study: Study, where: str) -> None:
     """Resolve every arm (and every categorical choice) now, so a bad value fails before any trial."""
     seed = study.seeds[0]
     try:
-        study.resolve(None, seed)
+        shared = study.resolve(None, seed)
     except ConfigError as error:
         raise StudyError(f"{where}: the shared settings (profile, base, fixed, --set): {error}") from None
+    if not study.arms:
+        _check_objectives(study, shared, where, "")
     for arm in study.arms:
         try:
             config = study.resolve(arm.label, seed)
         except ConfigError as error:
             raise StudyError(f"{where}: arm {arm.label!r}: {error}") from None
+        _check_objectives(study, config, where, f" (arm {arm.label!r})")
         if study.pruner and config.train.devices > 1:
             raise StudyError(
                 f"{where}: pruner={study.pruner.get('kind')!r} with train.devices={config.train.devices} (arm "
@@ -479,6 +575,24 @@ def _check_configs(study: Study, where: str) -> None:
                 study.resolve(study.arms[0].label if study.arms else None, seed, {p.name: value})
             except ConfigError as error:
                 raise StudyError(f"{where}: search_space {p.name!r} = {value!r}: {error}") from None
+
+
+def _check_objectives(study: Study, config: ExperimentConfig, where: str, arm: str) -> None:
+    """Every objective names a numeric metric that a trial of ``config`` records; otherwise every trial would
+    train and then fail."""
+    produced = run_metrics(config)
+    for objective in study.objectives:
+        if objective.metric in produced:
+            continue
+        import difflib
+
+        close = difflib.get_close_matches(objective.metric, sorted(produced), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        kept = sorted(m for m in produced if not m.startswith(names.CLASS_IOU))
+        raise StudyError(
+            f"{where}: objective metric={objective.metric!r}: no trial{arm} records it{hint} Allowed: {kept} or "
+            f"{names.CLASS_IOU}<class> for the classes {list(class_names(config))}"
+        )
 
 
 def study_files(folder: str | Path = "sweeps") -> list[Path]:

@@ -32,8 +32,8 @@ Generic folders (``FolderSegmentation``, ``num_classes`` given)::
     root/masks/<split>/<same stem>.png      8-bit index PNGs ("L" or "P"), 255 = ignore
 
 Checks (``check=``): ``"none"`` checks the layout and that the split is non-empty; ``"headers"`` also compares
-image and mask sizes from the file headers (no decoding); ``"full"`` (default) also decodes every mask and checks
-its values, after the same label mapping ``__getitem__`` applies.
+image and mask sizes from the file headers (no decoding); ``"full"`` (default) also decodes every image and every
+mask, and checks the mask values, after the same label mapping ``__getitem__`` applies.
 """
 
 from __future__ import annotations
@@ -248,6 +248,17 @@ def _header_size(path: Path, what: str) -> tuple[int, int]:
         raise DatasetError(f"{what} {path} is not a readable image: {err}") from err
 
 
+def _decoded_size(path: Path) -> tuple[int, int]:
+    """The size of an image after decoding all of it (``check=full``): a truncated or corrupt file fails here."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise DatasetError(f"image {path} cannot be decoded ({detail}); check=full decodes every image") from err
+
+
 def _size_mismatch(image: Path, image_size: tuple[int, int], mask: Path, mask_size: tuple[int, int]) -> str:
     return (
         f"image and mask sizes differ: image {image} is {image_size[0]}x{image_size[1]} but mask {mask} is "
@@ -324,7 +335,8 @@ class _IndexPNGDataset(Dataset):
 
         def inspect(pair: tuple[Path, Path]) -> str | None:
             image_path, mask_path = pair
-            image_size = _header_size(image_path, "image")
+            # full: decodes every pixel, so a truncated or corrupt image stops here, not mid-training
+            image_size = _decoded_size(image_path) if full else _header_size(image_path, "image")
             if full:
                 raw = _read_mask(mask_path)  # decodes: catches truncated files and multi-channel masks too
                 mask_size = (raw.shape[1], raw.shape[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,14 +26,28 @@ class ResultsError(ValueError):
     """Results that cannot be read or reported: the message names the file, storage or study and what is wrong."""
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        user, has_password, _ = credentials.partition(":")
-        return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
-    return url
+# user:password@ after the // of a URL (also of a malformed one, e.g. `postgresql//u:pw@h`), by SQLAlchemy's own
+# rule: the user ends at ':' or '/', the password at the first '@'.
+_USERINFO = re.compile(r"(?P<pre>//)(?P<user>[^\s:/@'\"?#]*):(?P<secret>[^\s@'\"]+)@")
+# ?password=… &sslpassword=… &api_key=… &token=… (query strings), and password=… in a libpq keyword string.
+_SECRET_PARAM = re.compile(
+    r"(?P<pre>(?:^|[?&;\s])[^=&#;\s?]*(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth|"
+    r"credential)[^=&#;\s]*=)(?P<secret>[^&#;\s'\"]*)",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` (a storage URL, or a message that contains one) with every password replaced by ``***``: the
+    ``user:password@`` part of a URL, and query or keyword parameters named like a secret (``?password=``,
+    ``sslpassword``, ``api_key``, ``token``, …). Every URL the project prints, stores or logs goes through it.
+
+    >>> redact("postgresql://u:pw@h/db"), redact("postgresql://u@h/db?sslmode=require&password=pw")
+    ('postgresql://u:***@h/db', 'postgresql://u@h/db?sslmode=require&password=***')
+    """
+    text = str(text)
+    text = _USERINFO.sub(lambda m: f"{m['pre']}{m['user']}:***@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m['pre']}{'***' if m['secret'] else ''}", text)
 
 
 def failure_kind(trial: Any) -> str | None:
@@ -97,13 +112,13 @@ def storage_frames(url: str, study_names: Sequence[str] | None = None) -> dict[s
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_file() or path.stat().st_size == 0:
-            raise ResultsError(f"storage {url}: no such database file (or it is empty)")
+            raise ResultsError(f"storage {redact(url)}: no such database file (or it is empty)")
     try:
         storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
         available = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ResultsError(f"storage {redact(url)}: cannot be read ({first[:200]})") from None
+        raise ResultsError(f"storage {redact(url)}: cannot be read ({redact(first)[:200]})") from None
     if not available:
         raise ResultsError(f"storage {redact(url)}: holds no study")
     wanted = list(study_names) if study_names else available
