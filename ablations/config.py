@@ -292,8 +292,8 @@ class DataConfig:
         _require(self.max_distractors >= 0, "data.max_distractors", self.max_distractors, "an integer ≥ 0")
         _require(0 <= self.background_contrast <= 1, "data.background_contrast", self.background_contrast, "0 ≤ c ≤ 1")
         _require(0 <= self.foreground_cue <= 1, "data.foreground_cue", self.foreground_cue, "0 ≤ c ≤ 1")
+        _require(0 < self.scale_max <= 16, "data.scale_max", self.scale_max, "0 < scale_max ≤ 16")
         _require(0 < self.scale_min <= self.scale_max, "data.scale_min", self.scale_min, "0 < scale_min ≤ scale_max")
-        _require(self.scale_max <= 16, "data.scale_max", self.scale_max, "scale_min ≤ scale_max ≤ 16")
         if self.val_batch_size is not None:
             _require(self.val_batch_size >= 1, "data.val_batch_size", self.val_batch_size, "an integer ≥ 1")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer ≥ 0")

@@ -76,7 +76,12 @@ def check_writable_file(flag: str, path: str | Path, error: type[Exception] = Va
         raise error(f"{flag} {str(path)!r}: is a folder; expected a file name")
     if path.exists() and not os.access(path, os.W_OK):
         raise error(f"{flag} {str(path)!r}: file cannot be written (permission denied)")
-    check_writable_dir(flag, path.parent if str(path.parent) else Path("."), error)
+    existing = path.parent
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise error(f"{flag} {str(path)!r}: cannot be created, {str(existing)!r} is a file, not a folder")
+    check_writable_dir(flag, existing, error)
     return path
 
 

@@ -115,7 +115,7 @@ def test_the_sweep_table_and_the_report_use_one_verdict(project, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--runs", "nowhere"], "--runs nowhere: no such folder"),
+        (["--runs", "nowhere"], "--runs 'nowhere': no such folder"),
         (["--runs", "empty"], "--runs empty: no study storage"),
         (["--study", "nope"], "study 'nope': no study file sweeps/nope.yaml"),
         (["--format", "md,pdf"], "--format md,pdf: unknown ['pdf']"),

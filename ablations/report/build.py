@@ -427,8 +427,16 @@ def generate(
     printer: Callable[[str], None] = print,
 ) -> list[StudyReport]:
     """Refresh data from storages, analyse every study that has data, write the reports (see module docstring)."""
+    from ablations.paths import check_readable_dir, check_writable_dir
     from ablations.results.frames import recorded_profile, redact, storage_frames
 
+    # Every folder this reads or writes, before anything is read or computed.
+    check_readable_dir("--sweeps", sweeps_dir, ResultsError)
+    check_writable_dir("--out", out_dir, ResultsError)
+    if data_dir is not None:
+        check_writable_dir("--data", data_dir, ResultsError)  # a refreshed study's CSV is written there
+    if runs is not None:
+        check_readable_dir("--runs", runs, ResultsError)
     data_dir = data_dir or out_dir / "data"
     if papers_file is None:
         papers_file = out_dir / "papers.yaml"

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from ablations.paths import load_yaml, read_text_file
 from ablations.results import names, stats
 from ablations.results.frames import ResultsError
 
@@ -36,12 +36,7 @@ class Published:
 
 def load_papers(path: str | Path) -> list[Published]:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ResultsError(f"{path}: cannot be read ({error.strerror})") from None
-    except yaml.YAMLError:
-        raise ResultsError(f"{path}: not valid YAML") from None
+    raw = load_yaml(read_text_file("papers file", path, ResultsError), f"papers file {str(path)!r}", ResultsError)
     if not isinstance(raw, list):
         raise ResultsError(f"{path}: expected a list of entries (study, paper, table, setup, verified, values)")
     entries = []
