@@ -90,6 +90,7 @@ def test_redact_hides_the_password_of_every_url_form(url):
     assert SECRET not in shown and "***" in shown
     assert "127.0.0.1" in shown  # where it points stays readable
     assert SECRET not in redact(f"cannot connect to '{url}' (refused)")  # inside a message too
+    assert redact(f"--storage {url}: refused").endswith(": refused")  # and the message around it is kept
     assert redact("sqlite:////tmp/a/optuna.db") == "sqlite:////tmp/a/optuna.db"
 
 

@@ -32,7 +32,7 @@ _USERINFO = re.compile(r"(?P<pre>//)(?P<user>[^\s:/@'\"?#]*):(?P<secret>[^\s@'\"
 # ?password=… &sslpassword=… &api_key=… &token=… (query strings), and password=… in a libpq keyword string.
 _SECRET_PARAM = re.compile(
     r"(?P<pre>(?:^|[?&;\s])[^=&#;\s?]*(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth|"
-    r"credential)[^=&#;\s]*=)(?P<secret>[^&#;\s'\"]*)",
+    r"credential)[^=&#;\s]*=)(?P<secret>[^&#;\s'\"]*?)(?=[:,.)]*(?:[&#;\s'\"]|$))",
     re.IGNORECASE,
 )
 
