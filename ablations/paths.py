@@ -81,7 +81,10 @@ def check_writable_file(flag: str, path: str | Path, error: type[Exception] = Va
         existing = existing.parent
     if not existing.is_dir():
         raise error(f"{flag} {str(path)!r}: cannot be created, {str(existing)!r} is a file, not a folder")
-    check_writable_dir(flag, existing, error)
+    try:
+        check_writable_dir(flag, existing, error)
+    except error:
+        raise error(f"{flag} {str(path)!r}: cannot be written (its folder {str(existing)!r} is not writable)") from None
     return path
 
 
