@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 PROFILE ?= quick
 
-.PHONY: install test lint format describe train bench bench-gpu bench-lightning clean sweep sweep-all report
+.PHONY: install test test-fast lint format describe train bench bench-gpu bench-lightning clean sweep sweep-all report
 
 # Sweeps: one target per study file in sweeps/ (make sweep-multigrid, make sweep-output_stride, …).
 # PROFILE=paper DATA=voc DATA_ROOT=/data/voc STORAGE=postgresql://… WORKERS=4 SEEDS=0,1,2 ARGS="--set …"
@@ -30,6 +30,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+# The contract tests alone (no training, sweeps, CLI subprocesses, PostgreSQL or fault suite), after the same lint.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q -m "not e2e and not postgres and not reliability"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -136,6 +136,7 @@ def test_argument_errors_exit_2(capsys):
         assert exit_.value.code == 2
 
 
+@pytest.mark.e2e
 def test_console_script_reports_malformed_yaml_without_a_traceback(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("backbone: {output_stride: 8\n")
@@ -147,6 +148,7 @@ def test_console_script_reports_malformed_yaml_without_a_traceback(tmp_path):
     assert f"config file '{broken}': not valid YAML" in result.stderr
 
 
+@pytest.mark.e2e
 def test_console_script_runs_the_paper_config():
     result = subprocess.run(
         [sys.executable, "-m", "ablations.cli", "describe", "--config", "configs/deeplabv3_r101_os16_mg124.yaml"],

@@ -76,6 +76,7 @@ def complete_keys(study: optuna.Study) -> collections.Counter:
     )
 
 
+@pytest.mark.e2e
 def test_grid_sweep_runs_every_arm_and_seed_once_and_prints_the_table(workdir, capsys):
     path = write_study(workdir)
     assert main(["sweep", str(path)]) == 0
@@ -121,6 +122,7 @@ def test_grid_sweep_runs_every_arm_and_seed_once_and_prints_the_table(workdir, c
     assert sum(complete_keys(stored(out_dir)).values()) == 6
 
 
+@pytest.mark.e2e
 def test_a_study_started_with_other_settings_is_refused(workdir, capsys):
     path = write_study(workdir)
     assert main(["sweep", str(path), "--max-trials", "1"]) == 0
@@ -135,6 +137,7 @@ def test_a_study_started_with_other_settings_is_refused(workdir, capsys):
     )
 
 
+@pytest.mark.e2e
 def test_diverged_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(workdir, capsys):
     axis = {"name": "lr", "arms": {"ok": {"train.lr": 0.01}, "exploding": {"train.lr": 1.0e30}}}
     path = write_study(workdir, axis=axis, seeds=[0])
@@ -170,6 +173,7 @@ def _virtual_memory_kb() -> int:
     raise AssertionError("no VmSize")
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_a_trial_that_runs_out_of_memory_is_recorded_and_the_sweep_goes_on(workdir):
     # A real sweep process whose address space is capped (RLIMIT_AS) at what this process maps now plus 2 GiB:
@@ -209,6 +213,7 @@ def test_a_trial_that_runs_out_of_memory_is_recorded_and_the_sweep_goes_on(workd
     assert "1 failed (out_of_memory)" in result.stdout  # the table says so
 
 
+@pytest.mark.e2e
 def test_missing_dataset_stops_the_sweep_with_the_message(workdir, capsys):
     path = write_study(workdir, fixed={"data.name": "voc", "data.root": str(workdir / "no-voc")})
     assert main(["sweep", str(path)]) == 2
@@ -220,6 +225,7 @@ def test_missing_dataset_stops_the_sweep_with_the_message(workdir, capsys):
     assert not study.get_trials(states=(TrialState.COMPLETE, TrialState.RUNNING))
 
 
+@pytest.mark.e2e
 def test_pruning_reports_at_optimiser_steps_and_prunes(workdir, capsys):
     fixed = {"train.max_steps": 6, "train.val_every": 2}
     # Six steps teach nothing, so every run predicts background and scores the background share of its validation
@@ -236,6 +242,7 @@ def test_pruning_reports_at_optimiser_steps_and_prunes(workdir, capsys):
     assert "pruned" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_search_study_samples_its_budget(workdir):
     path = workdir / "search.yaml"
     path.write_text(
@@ -272,6 +279,7 @@ def test_search_study_samples_its_budget(workdir):
         assert len(t.values) == 2
 
 
+@pytest.mark.e2e
 def test_a_search_reuses_points_it_has_trained_and_stops_when_it_sees_nothing_new(workdir, capsys):
     path = workdir / "small.yaml"
     path.write_text(
@@ -350,6 +358,7 @@ def test_a_claim_whose_worker_died_before_naming_itself_is_reaped_after_the_grac
     assert sweep.reap_interrupted(optuna_study, grace=0) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
 def test_resume_after_an_interrupted_sweep(workdir, how):
     # Slow enough trials that the sweep can be interrupted in the middle of one.
@@ -384,6 +393,7 @@ def test_resume_after_an_interrupted_sweep(workdir, how):
     assert len(interrupted) == 1 if how == "kill -9" else len(interrupted) <= 1
 
 
+@pytest.mark.e2e
 def test_local_workers_share_one_sqlite_study(workdir):
     path = write_study(workdir, seeds=[0, 1, 2])
     result = subprocess.run(sweep_command(path, "--workers", "2"), capture_output=True, text=True, timeout=600)
@@ -437,6 +447,8 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.postgres
+@pytest.mark.e2e
 def test_two_workers_on_postgresql_run_every_arm_and_seed_exactly_once(workdir, postgres):
     path = write_study(workdir, seeds=[0, 1, 2])
     # Two independent sweep commands on one storage, as on two machines, started together.
@@ -472,6 +484,7 @@ def test_unreachable_storage_is_one_clear_line(workdir, capsys):
     assert "cannot connect" in err and "secret" not in err and "Traceback" not in err
 
 
+@pytest.mark.e2e
 def test_a_two_device_trial_trains_in_its_own_process_and_records_every_rank(workdir):
     """train.devices=2 (gloo on a CPU): the trial runs as `ablations train`, so the DDP launcher's second rank is
     a training process, not a second sweep that would claim trials; one metrics file, one W&B run."""

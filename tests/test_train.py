@@ -46,6 +46,7 @@ def run(tmp_path: Path, *overrides: str, name: str = "run") -> dict:
     return train(load_config(overrides=[*TINY_RUN, *overrides]), tmp_path / name, progress_bar=False)
 
 
+@pytest.mark.e2e
 def test_training_on_the_embedded_benchmark_writes_everything(tmp_path):
     metrics = run(tmp_path, "decoder.enabled=true")
     out = tmp_path / "run"
@@ -63,6 +64,7 @@ def test_training_on_the_embedded_benchmark_writes_everything(tmp_path):
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
 
 
+@pytest.mark.e2e
 def test_same_seed_same_miou_and_a_checkpoint_that_restores(tmp_path):
     first = run(tmp_path, name="a")
     second = run(tmp_path, name="b")
@@ -73,11 +75,13 @@ def test_same_seed_same_miou_and_a_checkpoint_that_restores(tmp_path):
     assert restored.config == load_config(overrides=TINY_RUN)
 
 
+@pytest.mark.e2e
 def test_evaluation_at_another_output_stride_with_multi_scale_and_flip(tmp_path):
     metrics = run(tmp_path, "eval.output_stride=8", "eval.scales=0.75,1.0", "eval.flip=true", "train.max_steps=2")
     assert 0.0 <= metrics["val/mIoU"] <= 1.0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("name", "writer", "classes"),
     [
@@ -105,6 +109,7 @@ def test_a_step_on_each_real_format(tmp_path, name, writer, classes):
     assert "val/mIoU_small" not in metrics  # size buckets are the embedded benchmark's
 
 
+@pytest.mark.e2e
 def test_voc_trainaug_when_present(tmp_path):
     root = write_voc(tmp_path / "voc", trainaug=True)
     metrics = run(
@@ -164,6 +169,7 @@ def test_cli_train_reports_bad_data_in_one_line(tmp_path, capsys):
     assert err.startswith("ablations: error: ") and err.count("\n") == 1
 
 
+@pytest.mark.e2e
 def test_cli_train_quick_profile_runs(tmp_path, capsys):
     overrides = [a for o in TINY_RUN for a in ("--set", o)]
     assert main(["train", "--profile", "quick", *overrides, "--out", str(tmp_path / "q")]) == 0
@@ -206,6 +212,7 @@ def test_precision_and_layout_resolve_per_device():
         assert t.resolved_precision(gpu=True) == "bf16-mixed"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("setting", ["train.channels_last=true", "train.compile=true"])
 def test_the_fast_path_trains_and_evaluates_like_the_plain_one(tmp_path, setting):
     plain = run(tmp_path, name="plain")
@@ -225,6 +232,7 @@ def test_the_fast_path_trains_and_evaluates_like_the_plain_one(tmp_path, setting
     )
 
 
+@pytest.mark.e2e
 def test_two_processes_count_every_rank_write_once_and_evaluate_each_image_once(tmp_path):
     """DDP on a CPU (gloo, 2 processes): one metrics.json, one W&B run, training images/s over both ranks, and a
     checkpoint evaluated with 1 and with 2 processes gives the same metrics. 33 validation images: a padding
@@ -259,6 +267,7 @@ def test_two_processes_count_every_rank_write_once_and_evaluate_each_image_once(
     assert results[0]["val/pixel_acc"] == results[1]["val/pixel_acc"]
 
 
+@pytest.mark.e2e
 def test_the_faithful_profile_trains_a_step_on_a_cpu_at_a_reduced_crop(tmp_path, monkeypatch):
     from ablations.config import load_config
     from ablations.train import train
