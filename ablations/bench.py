@@ -32,7 +32,6 @@ import copy
 import ctypes
 import dataclasses
 import math
-import os
 import platform
 import statistics
 import time
@@ -47,6 +46,7 @@ from torch import nn
 
 from ablations.config import ExperimentConfig, load_config
 from ablations.results import names
+from ablations.timing import cpu_name, synchronize
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("infer", "train")
@@ -96,36 +96,6 @@ class Method:
 
 # --------------------------------------------------------------------------------------------------------------
 # Timing
-
-
-def cpu_name() -> str:
-    """``cpu: <model name> (<n> cores)``, from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def git_commit() -> str | None:
-    """The commit of the code that is running (the checkout this package lives in), or None outside git."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
-        )
-    except OSError:
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for every queued kernel on ``device`` (nothing to wait for on a CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Stepper:
