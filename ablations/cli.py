@@ -187,6 +187,7 @@ def _describe(config: ExperimentConfig, input_size: tuple[int, int], *, as_json:
 def _train(
     config: ExperimentConfig, out: str | None, *, name: str | None = None, group: str | None = None, extra=None
 ) -> int:
+    from ablations.checkpoints import CheckpointWriteError
     from ablations.data.datasets import DatasetError
     from ablations.model.backbones import WeightsError
     from ablations.train import train
@@ -200,10 +201,13 @@ def _train(
         metrics = train(config, out_dir, name=name, group=group, wandb_extra=extra)
     except (ConfigError, DatasetError, WeightsError) as error:
         return _error(error)
+    except CheckpointWriteError as error:  # not bad input: the run stopped; its last whole checkpoint is kept
+        print(f"ablations: error: {error}", file=sys.stderr)
+        return 1
     print(
         f"val/mIoU {metrics['val/mIoU']:.4f} (best at step {metrics['best_step']}), "
         f"{metrics.get('train/images_per_s', float('nan')):.1f} training images/s on {metrics['device']}, "
-        f"{metrics['wall_time_s']:.0f} s in all; wrote {out_dir}/metrics.json"
+        f"{metrics['wall_time_s']:.0f} s in all; wrote {metrics['out_dir']}/metrics.json"
     )
     return 0
 
@@ -320,9 +324,9 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         url = sweep.storage_url(out_dir, args.storage)
         sweep.check_storage_reachable(url)
         storage = sweep.open_storage(url)
-        optuna_study = sweep.open_study(study, storage, name)
+        board = sweep.open_study(study, storage, name)
         if args.table_only:
-            print(sweep.write_outputs(study, optuna_study, out_dir, name))
+            print(sweep.write_outputs(study, board.study, out_dir, name))
             return 0
         if not args.worker:
             for line in warnings:
@@ -341,9 +345,9 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
                 flush=True,
             )
         if args.workers > 1 and not args.worker:
-            sweep.reap_interrupted(optuna_study)
+            sweep.reap_interrupted(board)
             if study.is_grid:
-                sweep.top_up(study, optuna_study, retry_failed=retry)
+                sweep.top_up(study, board, retry_failed=retry)
             status = sweep.spawn_workers(_worker_argv(argv), args.workers, started=started)
             if status:
                 print(f"ablations: a worker exited with status {status}", file=sys.stderr)
@@ -354,9 +358,8 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
                 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
             sweep.work(
                 study,
-                optuna_study,
+                board,
                 out_dir,
-                name,
                 workers=args.workers,
                 retry_failed=retry,
                 max_trials=args.max_trials,
@@ -365,7 +368,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         if args.worker:
             return 0
         print()
-        print(sweep.write_outputs(study, optuna_study, out_dir, name), flush=True)
+        print(sweep.write_outputs(study, board.study, out_dir, name), flush=True)
         print(
             f"\ntrials, metrics and configs: {out_dir} (summary.md, summary.json, trials.json) and {sweep.redact(url)}"
         )

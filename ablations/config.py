@@ -326,6 +326,9 @@ class TrainConfig:
     hard_pixel_fraction: float = _field(1.0, "keep the hardest fraction of pixels in the loss; 1.0 = plain CE")
     val_every: int | None = _field(None, "validate every N steps (must divide max_steps); null = once at the end")
     checkpoints: int = _field(1, "best checkpoints kept, ranked by val/mIoU")
+    checkpoint_every: int = _field(
+        1000, "save checkpoints/last.ckpt every N steps, from which a killed run resumes; 0 = never"
+    )
     log_every: int = _field(10, "log loss and learning rate every N steps")
     accelerator: str = _field("auto", "Lightning accelerator: auto | cpu | gpu")
     devices: int = _field(1, "devices per trial (DDP through Lightning when > 1)")
@@ -355,6 +358,7 @@ class TrainConfig:
                 f"a divisor of train.max_steps={self.max_steps}, so that the last step is evaluated",
             )
         _require(self.checkpoints >= 1, "train.checkpoints", self.checkpoints, "an integer ≥ 1")
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer ≥ 0")
         _require(self.log_every >= 1, "train.log_every", self.log_every, "an integer ≥ 1")
         _choice("train.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
         _require(self.devices >= 1, "train.devices", self.devices, "an integer ≥ 1")

@@ -68,6 +68,7 @@ class SegmentationSystem(pl.LightningModule):
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.channels_last = False
+        self.resumed_from_step: int | None = None
         self.__dict__["network"] = self.model  # what runs: the model, or its torch.compile wrapper (unregistered)
 
     def on_fit_start(self) -> None:
@@ -123,6 +124,15 @@ class SegmentationSystem(pl.LightningModule):
         self.history.append(results)
         if not self.best or results[names.MIOU] > self.best[names.MIOU]:
             self.best = results
+
+    # A resumed run continues the validation history of the run it resumes (ablations.checkpoints).
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ablations"] = {"best": self.best, "history": self.history}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("ablations", {})
+        self.best, self.history = dict(state.get("best", {})), list(state.get("history", []))
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
 
     def configure_optimizers(self):
         t = self.config.train

@@ -1,11 +1,12 @@
 """One training run: config → checked data → Lightning Trainer → ``out_dir`` with the resolved config, the best
-checkpoint(s) and ``metrics.json``; every run is also a Weights & Biases run (offline without credentials)."""
+checkpoint(s), the last checkpoint (``train.checkpoint_every``) and ``metrics.json``; every run is also a Weights &
+Biases run (offline without credentials). A run whose folder holds a last checkpoint of the same config resumes
+from it and continues its W&B run (``ablations.checkpoints``)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import netrc
 import os
 import resource
@@ -21,11 +22,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ablations.bench import cpu_name, synchronize
-from ablations.config import ExperimentConfig
+from ablations import checkpoints as resume
+from ablations.config import ConfigError, ExperimentConfig
 from ablations.data.module import SegmentationDataModule
+from ablations.faults import InjectFault
+from ablations.paths import check_writable_dir
 from ablations.results import names
+from ablations.results.jsonable import json_safe
 from ablations.system import SegmentationSystem
+from ablations.timing import cpu_name, synchronize
 
 
 def wandb_mode() -> str:
@@ -43,7 +48,13 @@ def wandb_mode() -> str:
 
 
 def make_logger(
-    config: ExperimentConfig, out_dir: Path, *, name: str | None, group: str | None, extra: dict[str, Any] | None
+    config: ExperimentConfig,
+    out_dir: Path,
+    *,
+    name: str | None,
+    group: str | None,
+    extra: dict[str, Any] | None,
+    run_id: str | None = None,
 ) -> WandbLogger:
     mode = wandb_mode()
     save_dir = Path(os.environ.get("WANDB_DIR") or out_dir)
@@ -52,6 +63,8 @@ def make_logger(
         project=os.environ.get("WANDB_PROJECT", "ablations"),
         name=name,
         group=group,
+        id=run_id,
+        resume="allow" if run_id else None,
         save_dir=str(save_dir),
         offline=mode == "offline",
         mode=mode,
@@ -121,17 +134,6 @@ def peak_memory_mb(module: pl.LightningModule) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak resident set of this process (KiB)
 
 
-def json_safe(value: Any) -> Any:
-    """Non-finite floats → None, recursively, so that the value is valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def train(
     config: ExperimentConfig,
     out_dir: str | Path,
@@ -142,12 +144,17 @@ def train(
     callbacks: Sequence[pl.Callback] = (),
     progress_bar: bool = True,
 ) -> dict[str, Any]:
-    """Train ``config``; return (and write to ``out_dir/metrics.json``) the metrics of the best validation."""
-    out_dir = Path(out_dir)
+    """Train ``config``; return (and write to ``out_dir/metrics.json``) the metrics of the best validation.
+
+    When ``out_dir`` holds a last checkpoint of this config, training resumes from it; one from another config,
+    or one that does not load, is left alone and the run starts clean in a new folder (``metrics["out_dir"]``).
+    """
     started = time.perf_counter()
+    check_writable_dir("out_dir", out_dir, ConfigError)  # before any work (the CLI checks --out the same way)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     data = SegmentationDataModule(config)
     data.setup("fit")  # checks the dataset now, before a logger, a Trainer or a step exists
+    out_dir, ckpt_path = _resume_decision(config, Path(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP's launcher re-runs this function in every process
         (out_dir / "config.yaml").write_text(config.to_yaml())
@@ -164,7 +171,12 @@ def train(
     gpu = t.uses_gpu()
     precision = t.resolved_precision(gpu)
     throughput = Throughput()
-    logger = make_logger(config, out_dir, name=name, group=group, extra=wandb_extra)
+    run_id = resume.wandb_run_id(out_dir, ckpt_path is not None) if rank_zero_only.rank == 0 else None
+    logger = make_logger(config, out_dir, name=name, group=group, extra=wandb_extra, run_id=run_id)
+    last = (
+        resume.LastCheckpoint(out_dir, t.checkpoint_every, t.val_every or t.max_steps) if t.checkpoint_every else None
+    )
+    extra_callbacks = [c for c in (last, *InjectFault.from_env(out_dir)) if c is not None]
     trainer = pl.Trainer(
         max_steps=t.max_steps,
         val_check_interval=t.val_every or t.max_steps,
@@ -175,7 +187,9 @@ def train(
         precision=precision,
         benchmark=t.resolved_cudnn_benchmark(gpu),
         logger=logger,
-        callbacks=[checkpoint, throughput, *callbacks],
+        callbacks=[checkpoint, throughput, resume.RandomState(), *extra_callbacks, *callbacks],
+        plugins=[resume.AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # both loaders give each rank its share themselves (data.module)
         log_every_n_steps=t.log_every,
         deterministic="warn",
         enable_progress_bar=progress_bar,
@@ -183,7 +197,7 @@ def train(
         default_root_dir=out_dir,
     )
     try:
-        trainer.fit(system, datamodule=data)
+        trainer.fit(system, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except BaseException:
         # Close this W&B run as failed, so that the next run in this process starts clean (sweeps).
         run = getattr(logger, "_experiment", None)
@@ -204,6 +218,8 @@ def train(
         "seed": t.seed,
         "best_checkpoint": checkpoint.best_model_path,
         "wall_time_s": time.perf_counter() - started,
+        "resumed_from_step": system.resumed_from_step,
+        "out_dir": str(out_dir),
         "wandb_run_dir": getattr(logger.experiment, "dir", None),
         "history": system.history,
     }
@@ -218,6 +234,22 @@ def train(
     return metrics
 
 
+_DECISION = "ABLATIONS_RESUME_DECISION"
+
+
+def _resume_decision(config: ExperimentConfig, out_dir: Path) -> tuple[Path, Path | None]:
+    """Where this run trains and what it resumes from, decided once per run: DDP's launcher re-runs ``train`` in
+    every rank, and the ranks must agree (a new folder made by rank 0 must not send rank 1 to another)."""
+    decided = json.loads(os.environ.get(_DECISION, "{}"))
+    if decided.get("asked") == str(out_dir):
+        return Path(decided["out"]), (Path(decided["ckpt"]) if decided["ckpt"] else None)
+    chosen, ckpt, message = resume.resume_point(config.to_dict(), out_dir)
+    if message:
+        print(f"ablations: {message}", flush=True)
+    os.environ[_DECISION] = json.dumps({"asked": str(out_dir), "out": str(chosen), "ckpt": ckpt and str(ckpt)})
+    return chosen, ckpt
+
+
 def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), *, progress_bar: bool = False) -> dict[str, Any]:
     """Validate a checkpoint written by :func:`train` with its own config (``overrides`` on top, e.g.
     ``train.devices=2`` or ``eval.output_stride=8``); returns the ``val/*`` metrics. With several devices each
@@ -226,7 +258,7 @@ def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), *, progress_
     from ablations.config import ExperimentConfig, apply_override
 
     checkpoint = Path(checkpoint)
-    system = SegmentationSystem.load_from_checkpoint(checkpoint, map_location="cpu")
+    system = SegmentationSystem.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     data_dict = system.config.to_dict()
     for override in overrides:
         apply_override(data_dict, override)

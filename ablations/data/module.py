@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ablations.config import ConfigError, ExperimentConfig
 from ablations.data import IGNORE_INDEX
@@ -43,15 +43,78 @@ def build_dataset(config: ExperimentConfig, split: str) -> Dataset:
     return DATASETS[d.name](d.root, split, check=d.check)
 
 
+_MASK = 2**63 - 1
+
+
+class TrainingOrder(Sampler):
+    """The training stream as a pure function of the run's seed: each epoch a permutation of the split drawn from
+    (seed, epoch), and with every index the seed of that sample's augmentation, drawn from (seed, epoch, place).
+
+    So the stream (which images, which crops, in which order) depends neither on the number of loader workers
+    nor on the process (pixel values may differ in the last bit between thread counts): a run resumed from a
+    checkpoint at step k (:meth:`resume_at`) trains on the same crops, in the same order, as the run that was
+    interrupted. With several ranks each takes every ``world_size``-th place of the permutation.
+    """
+
+    def __init__(self, size: int, *, seed: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.batch_size = size, seed, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self._skip = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(range(self.rank, self.size, self.world_size)) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = epoch
+
+    def resume_at(self, step: int) -> None:
+        """The next iteration starts after ``step`` optimiser steps (an epoch, then a place inside it)."""
+        self.epoch, within = divmod(step, self.steps_per_epoch)
+        self._skip = within * self.batch_size
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & _MASK)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        places = range(self.rank, self.size, self.world_size)[: len(self)]
+        skip, self._skip = self._skip, 0
+        for place in places[skip:]:
+            yield order[place], hash((self.seed, self.epoch, place)) & _MASK
+
+
+class TrainingLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in every checkpoint and restores on resume (Lightning treats
+    a loader with ``state_dict``/``load_state_dict`` as resumable): the steps already trained."""
+
+    def __init__(self, *args, steps_done: Callable[[], int] = lambda: 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps_done = steps_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"steps": int(self.steps_done())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(int(state["steps"]))
+
+
 class Transformed(Dataset):
-    def __init__(self, dataset: Dataset, transform: Callable[[dict], dict]) -> None:
+    """A dataset with a training transform. Given ``(index, seed)`` (``TrainingOrder``), the transform draws from
+    a generator seeded with ``seed``; given an index, from torch's global generator."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[..., dict]) -> None:
         self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.transform(self.dataset[index])
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        if isinstance(item, tuple):
+            index, seed = item
+            return self.transform(self.dataset[index], generator=torch.Generator().manual_seed(seed))
+        return self.transform(self.dataset[item])
 
 
 def pad_collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -104,12 +167,18 @@ class SegmentationDataModule(pl.LightningDataModule):
             flip=d.flip,
             ignore_index=IGNORE_INDEX,
         )
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        order = TrainingOrder(
+            len(self.train_set), seed=self.config.train.seed, batch_size=d.batch_size, rank=rank, world_size=world
+        )
         # drop_last: a last batch of one image would break BatchNorm (torchvision #2151) and skew the step count.
-        return DataLoader(
+        return TrainingLoader(
             Transformed(self.train_set, transform),
             batch_size=d.batch_size,
-            shuffle=True,
+            sampler=order,
             drop_last=True,
+            steps_done=(lambda: trainer.global_step) if trainer is not None else (lambda: 0),
             **self._loader_options(),
         )
 
@@ -138,4 +207,11 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _loader_options(self) -> dict[str, Any]:
         workers = self.config.data.num_workers
-        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available()}
+        return {
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            # Worker seeds come from the loader's own generator, so that starting a loader does not advance torch's
+            # global one (which draws dropout masks: a resumed run must see the same as an uninterrupted run).
+            "generator": torch.Generator().manual_seed(self.config.train.seed),
+        }

@@ -9,8 +9,9 @@ padding; other keys pass through untouched.
 nearest), pad bottom/right up to the crop size (image with the ImageNet mean, so that it is 0 after
 normalisation; label maps with ``ignore_index``), take a random crop, then flip horizontally with p = 0.5.
 
-Randomness comes from torch's global generator only, so a ``torch.manual_seed`` (or Lightning's
-``seed_everything(workers=True)``, which seeds each worker) makes it reproducible.
+Randomness comes from the ``generator`` passed in, or torch's global generator, so a ``torch.manual_seed`` makes
+it reproducible. Training passes one generator per sample, seeded from the run's seed and the sample's place in
+the training order (``ablations.data.module.TrainingOrder``).
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def random_scale_crop_flip(
     scale_range: tuple[float, float] = (0.5, 2.0),
     flip: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    generator: torch.Generator | None = None,
 ) -> dict:
-    """Random scale, pad to at least ``crop_size``, random crop to exactly ``crop_size``, random horizontal flip."""
+    """Random scale, pad to at least ``crop_size``, random crop to exactly ``crop_size``, random horizontal flip.
+    The draws come from ``generator`` (torch's global generator when None)."""
     crop_h, crop_w = _pair(crop_size, "crop_size")
     lo, hi = (float(s) for s in scale_range)
     if not 0 < lo <= hi:
@@ -110,7 +113,7 @@ def random_scale_crop_flip(
     image, keys = _split(sample)
     h, w = image.shape[-2:]
 
-    scale = lo + (hi - lo) * torch.rand(()).item()
+    scale = lo + (hi - lo) * torch.rand((), generator=generator).item()
     size = (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))
     if size != (h, w):
         sample = _resize(sample, image, keys, size)
@@ -119,9 +122,9 @@ def random_scale_crop_flip(
     padded = (max(size[0], crop_h), max(size[1], crop_w))
     sample = _pad(sample, image, keys, padded, ignore_index)
 
-    top = int(torch.randint(0, padded[0] - crop_h + 1, ()).item())
-    left = int(torch.randint(0, padded[1] - crop_w + 1, ()).item())
-    flipped = flip and torch.rand(()).item() < 0.5
+    top = int(torch.randint(0, padded[0] - crop_h + 1, (), generator=generator).item())
+    left = int(torch.randint(0, padded[1] - crop_w + 1, (), generator=generator).item())
+    flipped = flip and torch.rand((), generator=generator).item() < 0.5
 
     out = dict(sample)
     for key in ["image", *keys]:
