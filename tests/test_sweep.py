@@ -15,16 +15,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ablations import sweep
 from ablations.cli import main
+from ablations.faults import ENV
 from ablations.study import StudyError, load_study
 
 TINY_FIXED = {
@@ -138,9 +141,10 @@ def test_a_study_started_with_other_settings_is_refused(workdir, capsys):
 
 
 @pytest.mark.e2e
-def test_diverged_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(workdir, capsys):
-    axis = {"name": "lr", "arms": {"ok": {"train.lr": 0.01}, "exploding": {"train.lr": 1.0e30}}}
+def test_diverged_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(workdir, capsys, monkeypatch):
+    axis = {"name": "lr", "arms": {"ok": {"train.lr": 0.01}, "exploding": {"train.lr": 0.02}}}
     path = write_study(workdir, axis=axis, seeds=[0])
+    monkeypatch.setenv(ENV, "nan@1@exploding")  # a NaN weight at step 1: the loss becomes NaN, a real divergence
     assert main(["sweep", str(path)]) == 0
     printed = capsys.readouterr().out
     study = stored(workdir / "runs" / "sweeps" / "tiny")
@@ -341,21 +345,37 @@ def states(out_dir: Path) -> collections.Counter:
 def test_a_claim_whose_worker_died_before_naming_itself_is_reaped_after_the_grace(workdir):
     study = load_study(write_study(workdir))
     storage = sweep.open_storage(f"sqlite:///{workdir / 'orphan.db'}")
-    optuna_study = sweep.open_study(study, storage, "tiny")
-    assert sweep.top_up(study, optuna_study) == 4
+    board = sweep.open_study(study, storage, "tiny")
+    assert sweep.top_up(study, board) == 4
     # A worker takes a queued trial (the atomic WAITING -> RUNNING step) and dies before writing "worker".
-    orphan = optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
-    assert storage.set_trial_state_values(orphan._trial_id, TrialState.RUNNING)
-    assert sweep.reap_interrupted(optuna_study) == []  # inside the grace period it may still be starting
-    assert sweep.reap_interrupted(optuna_study, grace=0) == [orphan.number]
-    failed = storage.get_trial(orphan._trial_id)
+    orphan = board.trials((TrialState.WAITING,))[0]
+    assert storage.set_trial_state_values(board.trial_id(orphan.number), TrialState.RUNNING)
+    assert sweep.reap_interrupted(board) == []  # inside the grace period it may still be starting
+    assert sweep.reap_interrupted(board, grace=0) == [orphan.number]
+    failed = board.get(orphan.number)
     assert failed.state == TrialState.FAIL and failed.user_attrs["failure"]["kind"] == "interrupted"
-    assert sweep.top_up(study, optuna_study) == 1  # its arm x seed is queued again
+    # Optuna's retry callback queued its arm x seed again, so topping up queues nothing more.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = [
+            t
+            for t in board.trials((TrialState.WAITING,))
+            if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == orphan.number
+        ]
+    assert [(t.user_attrs["arm"], t.user_attrs["seed"]) for t in retry] == [
+        (orphan.user_attrs["arm"], orphan.user_attrs["seed"])
+    ]
+    assert sweep.top_up(study, board) == 0
     # A claim through the sweep names its worker at once, so it is never taken for an orphan.
-    claimed = sweep.claim(study, optuna_study)
+    claimed = sweep.claim(study, board)
     assert claimed is not None
-    assert storage.get_trial(claimed._trial_id).user_attrs["worker"]["pid"] == os.getpid()
-    assert sweep.reap_interrupted(optuna_study, grace=0) == []
+    assert board.get(claimed.number).user_attrs["worker"]["pid"] == os.getpid()
+    assert board.get(claimed.number).user_attrs.get("failure") is None
+    while claimed.number != retry[0].number:  # the retry, claimed in its turn, does not inherit the failure
+        claimed = sweep.claim(study, board)
+    assert board.get(claimed.number).user_attrs["failure"] is None
+    assert board.get(claimed.number).user_attrs["arm"] == orphan.user_attrs["arm"]
+    assert sweep.reap_interrupted(board, grace=0) == []
 
 
 @pytest.mark.e2e

@@ -84,7 +84,7 @@ REQUIRED_COLUMNS = (*TRIAL_COLUMNS, MIOU)
 
 # Failure kinds a sweep records. These stand as results (never re-run unless asked); the others are re-run.
 FINISHED_FAILURES = ("diverged", "out_of_memory", "error")
-RETRIED_FAILURES = ("interrupted", "bad_input")
+RETRIED_FAILURES = ("interrupted", "bad_input", "disk_full")
 
 # Trial states as Optuna names them.
 COMPLETE, FAIL, PRUNED, RUNNING, WAITING = "COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING"

@@ -1,0 +1,68 @@
+"""The end-of-sweep summary of a study in its storage: the verdict tables of a grid study (the same
+``tables.study_tables`` the reports use) or the points and Pareto front of a search study, as printed text and as
+``summary.md``, ``summary.json`` and ``trials.json`` in the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ablations.results import tables
+from ablations.results.frames import trial_frame, trial_records
+from ablations.results.jsonable import json_safe
+
+
+def trial_rows(optuna_study) -> list[dict[str, Any]]:
+    """One flat dict per trial that ran: number, state, arm, seed, params, failure and every stored metric."""
+    return trial_records(optuna_study.get_trials(deepcopy=False))
+
+
+def comparison(study, optuna_study, *, geometry: Any = None) -> dict[str, Any]:
+    """The verdict tables of a grid study (``results.tables.study_tables``) or the points and Pareto front of
+    a search study."""
+    df = trial_frame(optuna_study)
+    if study.is_grid:
+        return tables.study_tables(study, df, geometry=geometry, short=True)
+    objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
+    points, front = tables.search_frame(df, objectives)
+    return {"points": points, "front": front, "display": tables.search_display(points, objectives)}
+
+
+def format_table(study, result: dict[str, Any], *, study_name: str, geometry: Any = None) -> str:
+    title = f"{study_name}: {study.axis or 'search'} — {study.description.split('. ')[0] if study.description else ''}"
+    lines = [title.rstrip(" —"), tables.render(result["display"], "text"), ""]
+    if study.is_grid:
+        lines.append(tables.headline(study, result))
+        if geometry is not None:
+            lines.append(f"geometry: {geometry.summary()}")
+        lines.append(tables.VERDICT_RULE)
+        lines.append(
+            "train/infer img/s (trial): each trial's own figures, taken minutes apart (a record, not a comparison; "
+            "`ablations report --bench` times the arms interleaved); GMACs: one training-stride forward pass."
+        )
+    else:
+        lines.append(
+            f"Pareto front over {', '.join(o.metric for o in study.objectives)} from seed means "
+            f"({len(result['front'])} points): candidates to re-run over seeds, not verdicts."
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(study, optuna_study, out_dir: Path, study_name: str) -> str:
+    """Print-ready table; also ``summary.md``, ``summary.json`` and ``trials.json`` in the run folder."""
+    from ablations.geometry import study_geometry
+
+    geometry = study_geometry(study) if study.is_grid else None
+    result = comparison(study, optuna_study, geometry=geometry)
+    text = format_table(study, result, study_name=study_name, geometry=geometry)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.md").write_text("```\n" + text + "\n```\n")
+    frames = {k: v for k, v in result.items() if isinstance(v, pd.DataFrame) and k != "display"}
+    summary = {k: json.loads(v.to_json(orient="records")) for k, v in frames.items()}
+    summary.update({k: v for k, v in result.items() if k in ("best", "front")})
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "trials.json").write_text(json.dumps(json_safe(trial_rows(optuna_study)), indent=2, default=str))
+    return text

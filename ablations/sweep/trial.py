@@ -1,0 +1,328 @@
+"""One claimed trial, from its arm × seed (or sampled point) to a recorded end: the resolved config, a run folder
+(its predecessor's when it retries an interrupted trial, so that training resumes from the last checkpoint), the
+training run, the metrics kept in the storage, and, on failure, the kind of failure."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ablations.checkpoints import LAST
+from ablations.results import names
+from ablations.results.frames import failure_kind
+from ablations.results.jsonable import json_safe
+from ablations.study import Study
+from ablations.sweep.board import Board, key_of, mark_failed, same_point, worker_identity
+from ablations.sweep.progress import Progress
+from ablations.sweep.storage import HEARTBEAT_S, SweepError
+
+REUSE_CAP = 5  # a search asks at most this many times its budget of points, reused ones included
+KEPT_METRICS = names.KEPT_METRICS  # copied from a run's metrics into the trial (the rest stays in its folder)
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every ``interval`` seconds while it runs, for Optuna's stale-trial check.
+    Optuna runs its own heartbeat thread only inside ``Study.optimize`` (and its thread class is private); trials
+    claimed from the queue and told by hand need this one, which calls the public ``record_heartbeat``."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(storage, trial_id, interval), daemon=True)
+
+    def _run(self, storage, trial_id, interval) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial_id)
+            self._stop.wait(interval)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def classify(error: BaseException) -> tuple[str, str]:
+    """(failure kind, message) of an exception raised by a training run."""
+    from ablations.config import ConfigError
+    from ablations.data.datasets import DatasetError
+    from ablations.model.backbones import WeightsError
+    from ablations.system import DivergedError
+
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, DivergedError):
+        return "diverged", str(error)
+    oom_types = tuple(t for t in (getattr(__import__("torch"), "OutOfMemoryError", None), MemoryError) if t)
+    lowered = str(error).lower()
+    if isinstance(error, oom_types) or "out of memory" in lowered or "can't allocate memory" in lowered:
+        return "out_of_memory", text
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG):
+        return "disk_full", str(error)
+    if isinstance(error, ConfigError | DatasetError | WeightsError):
+        return "bad_input", str(error)
+    return "error", text + "\n" + "".join(traceback.format_exception(error))[-3000:]
+
+
+def _pruning_callback(trial: optuna.Trial, monitor: str):
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    class StepPruning(PyTorchLightningPruningCallback):
+        """optuna-integration's callback, reporting at the optimiser step: these runs validate every
+        ``train.val_every`` steps inside one long epoch, so the epoch number would not advance."""
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if self.is_ddp_backend or trainer.sanity_checking:
+                return super().on_validation_end(trainer, pl_module)
+            score = trainer.callback_metrics.get(self.monitor)
+            if score is None:
+                return super().on_validation_end(trainer, pl_module)
+            step = trainer.global_step
+            self._trial.report(float(score), step=step)
+            if self._trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} with {self.monitor} {float(score):.4f}")
+
+    return StepPruning(trial, monitor=monitor)
+
+
+def trial_stats(config) -> dict[str, Any]:
+    """Params, MACs and receptive field at the training crop size (on the meta device: no memory, no time)."""
+    from ablations.describe import describe
+
+    crop = config.data.crop_size or config.data.image_size
+    summary = describe(config, (crop, crop))
+    return {
+        "params": summary["params"],
+        "macs": summary["macs"],
+        "receptive_field": summary["receptive_field"]["logits"],
+        "output_stride": summary["output_stride"],
+    }
+
+
+def predecessor_dir(board: Board, trial: optuna.Trial) -> Path | None:
+    """The run folder of the interrupted trial this one redoes, when it holds a last checkpoint: the folder the
+    retry inherited from it, or else the latest failed (not duplicate) trial of the same arm × seed."""
+    frozen = board.get(trial.number)
+    inherited = frozen.user_attrs.get("run_dir")
+    candidates = [inherited] if inherited else []
+    key = key_of(frozen)
+    if key is not None:
+        earlier = [
+            t
+            for t in board.trials((TrialState.FAIL,))
+            if key_of(t) == key and t.number < trial.number and failure_kind(t) != "duplicate"
+        ]
+        candidates += [t.user_attrs.get("run_dir") for t in sorted(earlier, key=lambda t: -t.number)]
+    for folder in candidates:
+        if folder and (Path(folder) / "checkpoints" / f"{LAST}.ckpt").is_file():
+            return Path(folder)
+    return None
+
+
+def _suggest(study: Study, trial: optuna.Trial) -> tuple[str | None, int, dict[str, Any]]:
+    if study.is_grid:
+        arm = trial.suggest_categorical("arm", list(study.arm_labels))
+        seed = trial.suggest_int("seed", 0, 2**31 - 1)  # a range, not the list, so that seeds may be added later
+    else:
+        arm, seed = None, study.seeds[0]
+    params = {}
+    for p in study.search_space:
+        if p.categorical:
+            params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.integer:
+            params[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log)
+        else:
+            params[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+    return arm, seed, params
+
+
+def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, progress: Progress) -> str:
+    """Run one claimed trial to a recorded end; returns its final state name. Re-raises interruptions."""
+    from ablations.config import ConfigError
+    from ablations.train import train
+
+    tid = board.trial_id(trial.number)
+    storage = board.storage
+    arm, seed, params = _suggest(study, trial)
+    label = arm if arm is not None else ",".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in params.items())
+    if not study.is_grid:
+        storage.set_trial_user_attr(tid, "arm", label)
+        storage.set_trial_user_attr(tid, "seed", seed)
+    storage.set_trial_user_attr(tid, "worker", worker_identity())
+    storage.set_trial_user_attr(tid, names.COMMIT, _commit())
+    if not study.is_grid:
+        earlier = same_point(board, params, seed, trial.number)
+        if earlier is not None:
+            # A sampler may propose a point it has seen (categorical spaces do this often); training it again
+            # would give the same result, so the earlier one is reused and the budget counts distinct points.
+            for key in ("config", "stats", "metrics"):
+                if key in earlier.user_attrs:
+                    storage.set_trial_user_attr(tid, key, earlier.user_attrs[key])
+            storage.set_trial_user_attr(tid, "reused_from", earlier.number)
+            board.study.tell(trial, values=list(earlier.values))
+            progress.line(f"trial {trial.number} {label} seed {seed}: same point as trial {earlier.number}, reused")
+            return "REUSED"
+    try:
+        config = study.resolve(arm, seed, params)
+    except ConfigError as error:
+        mark_failed(board, trial.number, "error", f"config: {error}")
+        progress.line(f"trial {trial.number} {label} seed {seed}: FAILED (config: {error})")
+        return "FAIL"
+    storage.set_trial_user_attr(tid, "config", config.to_dict())
+    name = f"{_slug(label)}-s{seed}"
+    previous = predecessor_dir(board, trial)
+    run_dir = previous or out_dir / "trials" / f"{trial.number:04d}-{name}"
+    storage.set_trial_user_attr(tid, "run_dir", str(run_dir))
+    resumed = f" (resuming in {run_dir.name})" if previous else ""
+    progress.line(f"trial {trial.number}: {study.axis or 'params'} = {label}, seed {seed} …{resumed}")
+    callbacks = []
+    if study.pruner:
+        callbacks.append(_pruning_callback(trial, study.objectives[0].metric))
+    started = time.time()
+    try:
+        stats = trial_stats(config)
+        storage.set_trial_user_attr(tid, "stats", stats)
+        extra = {
+            "study": board.name,
+            "study_file": str(study.path) if study.path else None,
+            "axis": study.axis,
+            "arm": label,
+            "seed": seed,
+            "trial": trial.number,
+            "params": params,
+        }
+        with Heartbeat(storage, tid, HEARTBEAT_S):
+            if config.train.devices > 1:
+                metrics = train_in_subprocess(config, run_dir, name=name, group=board.name, wandb_extra=extra)
+            else:
+                metrics = train(
+                    config, run_dir, name=name, group=board.name, wandb_extra=extra, callbacks=callbacks,
+                    progress_bar=False,
+                )  # fmt: skip
+    except optuna.TrialPruned as pruned:
+        storage.set_trial_user_attr(tid, "pruned", str(pruned))
+        board.study.tell(trial, state=TrialState.PRUNED)
+        progress.line(f"trial {trial.number} {label} seed {seed}: pruned ({pruned})")
+        return "PRUNED"
+    except (KeyboardInterrupt, SystemExit):
+        mark_failed(board, trial.number, "interrupted", "interrupted by the user (Ctrl-C) or a signal")
+        progress.line(f"trial {trial.number} {label} seed {seed}: interrupted; the next run of this sweep resumes it")
+        raise
+    except Exception as error:
+        kind, message = classify(error)
+        mark_failed(board, trial.number, kind, message)
+        progress.line(f"trial {trial.number} {label} seed {seed}: FAILED ({kind}: {message.splitlines()[0][:200]})")
+        if kind == "bad_input":
+            raise SweepError(f"trial {trial.number} ({label}, seed {seed}): {message}") from None
+        return "FAIL"
+    finally:
+        _release_memory()
+    board.check_storage()
+    if metrics.get("out_dir") and metrics["out_dir"] != str(run_dir):  # the old folder could not be resumed
+        storage.set_trial_user_attr(tid, "run_dir", metrics["out_dir"])
+    kept = {k: metrics[k] for k in KEPT_METRICS if k in metrics}
+    kept.update(_inference_figures(config))
+    kept.update({k: v for k, v in metrics.items() if k.startswith("val/IoU/")})
+    kept.update(stats)
+    storage.set_trial_user_attr(tid, "metrics", json_safe(kept))
+    values = [metrics.get(o.metric, kept.get(o.metric)) for o in study.objectives]
+    if any(not isinstance(v, int | float) or not math.isfinite(v) for v in values):
+        missing = [o.metric for o, v in zip(study.objectives, values, strict=True) if not isinstance(v, int | float)]
+        mark_failed(board, trial.number, "error", f"objective metric(s) missing or not finite: {missing or values}")
+        progress.line(f"trial {trial.number} {label} seed {seed}: FAILED (objective not available: {values})")
+        return "FAIL"
+    board.study.tell(trial, values=[float(v) for v in values])
+    shown = ", ".join(f"{o.metric} {v:.4f}" for o, v in zip(study.objectives, values, strict=True))
+    ips = metrics.get(names.TRAIN_IPS)
+    progress.line(
+        f"trial {trial.number} {label} seed {seed}: {shown}"
+        + (f", {ips:.1f} img/s" if isinstance(ips, float) else "")
+        + f", {time.time() - started:.0f} s"
+    )
+    return "COMPLETE"
+
+
+class TrialProcessError(RuntimeError):
+    """A multi-device trial's training process failed; the message is the end of what it printed."""
+
+
+def train_in_subprocess(config, run_dir: Path, *, name: str, group: str, wandb_extra: dict) -> dict[str, Any]:
+    """Train a multi-device trial (``train.devices`` > 1) as its own ``ablations train`` process. Lightning's DDP
+    launcher starts the other ranks by re-running the command that started it; run inside the sweep, that command
+    would be the sweep, and every rank would claim trials of its own. The trial's process writes
+    ``metrics.json`` once (rank 0), which is the result; its failure is classified from what it printed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "trial-config.yaml"
+    config_file.write_text(config.to_yaml())
+    command = [
+        *(sys.executable, "-m", "ablations.cli", "train", "--config", str(config_file), "--out", str(run_dir)),
+        *("--wandb-name", name, "--wandb-group", group, "--wandb-extra", json.dumps(json_safe(wandb_extra))),
+    ]
+    log = run_dir / "train.log"
+    with log.open("w") as out:
+        status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+    if status != 0 or not (run_dir / "metrics.json").is_file():
+        tail = log.read_text(errors="replace")[-2000:].strip()
+        message = f"training process exited with status {status}: {tail.splitlines()[-1] if tail else ''}"
+        if status == 2:  # the CLI's one-line bad-input exit
+            from ablations.config import ConfigError
+
+            raise ConfigError(tail.splitlines()[-1].removeprefix("ablations: error: ") if tail else message)
+        if "training diverged" in tail:
+            from ablations.system import DivergedError
+
+            raise DivergedError(tail.split("training diverged", 1)[1].splitlines()[0].strip(": "))
+        raise TrialProcessError(message + "\n" + tail)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _inference_figures(config) -> dict[str, Any]:
+    """The trial's inference cost as it evaluates (``ablations.bench.inference_figures``); a failure is recorded,
+    never fatal: the trained result stands."""
+    from ablations.bench import inference_figures
+
+    try:
+        return inference_figures(config)
+    except Exception as error:  # a measurement, not the result
+        return {names.INFER_ERROR: f"{type(error).__name__}: {str(error)[:200]}"}
+    finally:
+        _release_memory()
+
+
+@functools.cache
+def _commit() -> str | None:
+    from ablations.timing import git_commit
+
+    return git_commit()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text).strip("_")[:80] or "trial"
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

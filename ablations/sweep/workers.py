@@ -1,0 +1,135 @@
+"""Workers: the loop that claims (grid) or asks for (search) trials and runs them until the study is done, and
+the local worker processes of ``--workers N``, each with its share of the CPU threads and its own GPU when there
+are enough."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ablations.study import Study
+from ablations.sweep.board import Board, claim, counts, mark_failed, reap_interrupted, top_up
+from ablations.sweep.progress import Progress, quiet_libraries
+from ablations.sweep.trial import REUSE_CAP, run_trial
+
+
+def work(
+    study: Study,
+    board: Board,
+    out_dir: Path,
+    *,
+    workers: int = 1,
+    retry_failed: float | None = None,
+    max_trials: int | None = None,
+    poll_s: float = 5.0,
+    printer: Callable[[str], None] = print,
+) -> int:
+    """One worker: claim and run trials until the study is done. Returns how many trials this worker ran."""
+    quiet_libraries()
+    progress = Progress(study, board, workers=workers, printer=printer)
+    # Ctrl-C raises KeyboardInterrupt as usual; the flag also stops the sweep after the current trial when a
+    # library on the way (W&B, a data loader) swallows the exception and lets the trial finish.
+    requested = threading.Event()
+
+    def on_interrupt(signum, frame):
+        requested.set()
+        signal.default_int_handler(signum, frame)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    try:
+        return _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, poll_s, printer)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _ask(board: Board) -> optuna.Trial:
+    # Optuna warns that storage heartbeats are meant for Study.optimize; this loop records them itself (Heartbeat).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+        return board.study.ask()
+
+
+def _next_trial(study: Study, board: Board, retry_failed: float | None, printer) -> optuna.Trial | None:
+    if study.is_grid:
+        top_up(study, board, retry_failed=retry_failed)
+        return claim(study, board, retry_failed=retry_failed)
+    c = counts(study, board)
+    # The budget counts distinct trained points; the cap stops a sampler that only proposes seen ones.
+    wanted = c["done"] + c["running"] < study.total and c["asked"] < REUSE_CAP * study.total
+    if wanted:
+        return _ask(board)  # a queued retry of an interrupted point comes first (Optuna pops WAITING trials)
+    if c["done"] + c["running"] < study.total and c["running"] == 0:
+        printer(
+            f"[{study.name}] stopping at {c['done']} distinct points of the budget {study.total}: the sampler "
+            f"proposed only already-trained points in {c['asked']} asks (is the search space that small?)"
+        )
+    return None
+
+
+def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, poll_s, printer) -> int:
+    ran = 0
+    while max_trials is None or ran < max_trials:
+        board.check_storage()
+        reaped = reap_interrupted(board)
+        if reaped:
+            printer(f"[{study.name}] marked interrupted (their workers are gone) and queued again: trials {reaped}")
+        trial = _next_trial(study, board, retry_failed, printer)
+        if trial is None:
+            if counts(study, board, retry_failed=retry_failed)["running"] == 0:
+                return ran
+            time.sleep(poll_s)  # others are running the rest; wait in case one of them dies
+            continue
+        try:
+            run_trial(study, board, trial, out_dir, progress)
+        except (KeyboardInterrupt, SystemExit):
+            # Interrupted before run_trial recorded it (e.g. while resolving the config): record it here.
+            if board.get(trial.number).state == TrialState.RUNNING:
+                mark_failed(board, trial.number, "interrupted", "interrupted by the user (Ctrl-C) or a signal")
+            raise
+        ran += 1
+        if requested.is_set():
+            raise KeyboardInterrupt
+    return ran
+
+
+def spawn_workers(argv: Sequence[str], workers: int, *, started: float | None = None) -> int:
+    """Start ``workers`` worker processes of this same command (``--worker``), wait for them, return the worst
+    exit status. Threads are shared out (CPU) and each worker gets its own GPU when there are enough."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    processes = []
+    for index in range(workers):
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env["ABLATIONS_SWEEP_STARTED"] = str(started or time.time())
+        if gpus >= workers and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = str(index)
+        command = [sys.executable, "-m", "ablations.cli", *argv, "--worker"]
+        processes.append(subprocess.Popen(command, env=env))
+    status = 0
+    try:
+        for process in processes:
+            status = max(status, process.wait())
+    except KeyboardInterrupt:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            process.wait()
+        raise
+    return status
