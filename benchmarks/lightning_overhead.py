@@ -18,9 +18,9 @@ import time
 import lightning.pytorch as pl
 import torch
 
-from ablations.bench import synchronize
 from ablations.config import load_config
 from ablations.system import SegmentationSystem
+from ablations.timing import synchronize
 
 
 def make_batches(config, n: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
