@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 PROFILE ?= quick
 
-.PHONY: install test test-fast lint format describe train bench bench-gpu bench-lightning clean sweep sweep-all report
+.PHONY: install test test-fast reliability lint format describe train bench bench-gpu bench-lightning clean sweep sweep-all report
 
 # Sweeps: one target per study file in sweeps/ (make sweep-multigrid, make sweep-output_stride, …).
 # PROFILE=paper DATA=voc DATA_ROOT=/data/voc STORAGE=postgresql://… WORKERS=4 SEEDS=0,1,2 ARGS="--set …"
@@ -36,6 +36,15 @@ test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -m "not e2e and not postgres and not reliability"
+
+# The fault suite alone (kill -9 and Ctrl-C mid-trial, concurrent workers, NaN/OOM, edited studies, a deleted
+# storage, a full disk, bad checkpoints, secrets); each test writes its row of reports/reliability.md.
+RELIABILITY_ROWS := .reliability-rows.jsonl
+reliability: $(STAMP)
+	rm -f $(RELIABILITY_ROWS)
+	ABLATIONS_RELIABILITY_ROWS=$(abspath $(RELIABILITY_ROWS)) $(BIN)/pytest -q -m reliability tests/reliability; \
+	status=$$?; $(BIN)/python -m tests.reliability.render $(RELIABILITY_ROWS) reports/reliability.md; \
+	rm -f $(RELIABILITY_ROWS); exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

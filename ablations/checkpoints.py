@@ -31,6 +31,9 @@ RESUME_IGNORES = ("data.num_workers", "train.checkpoint_every")
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, file-size limit, permissions); the previous one is kept."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to ``<name>.partial`` and renames it into place, so that a process killed or a disk
