@@ -1,4 +1,7 @@
-"""The ``ablations`` command. Bad input exits with status 2 and one line on stderr, never a traceback."""
+"""The ``ablations`` command. Bad input exits with status 2 and one line on stderr, never a traceback.
+
+Why one file of ~450 lines: the argument parser of every subcommand and the thin handlers that map each
+subcommand's errors to its exit status; the work itself lives in the modules the handlers call."""
 
 from __future__ import annotations
 
@@ -155,9 +158,16 @@ def _error(message: object) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    if argv is None:
+        # W&B records every run's command line (its metadata "args"): a password in a storage URL must not reach
+        # it. The command itself keeps the real arguments (workers are started from ``given``).
+        from ablations.results.frames import redact
+
+        sys.argv[1:] = [redact(a) for a in sys.argv[1:]]
     if args.command == "sweep":
-        return _sweep(args, sys.argv[1:] if argv is None else list(argv))
+        return _sweep(args, given)
     if args.command == "bench":
         return _bench(args)
     if args.command == "report":
