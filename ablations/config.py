@@ -6,6 +6,10 @@ README's axis table come from it. Validation lives here and only here: a bad val
 :class:`ConfigError` naming the field, the value and what is allowed. Fields whose default depends on
 another field (``context.rates`` depends on ``context.kind`` and ``context.preset``) default to ``None`` and
 are resolved in ``__post_init__``, so a resolved config round-trips through ``to_dict``/``from_dict``.
+
+Why one file of ~600 lines: the parts validate against each other (a decoder needs the backbone's strides, the
+context its output stride), and keeping every rule of the design space in one place is what "validation lives
+here and only here" means; each dataclass is short and self-contained.
 """
 
 from __future__ import annotations

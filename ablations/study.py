@@ -20,6 +20,10 @@ a **pruner**. With an axis the design is the full grid arms × seeds; without on
 
 Every arm's config is resolved and validated when the study is loaded, so a typo fails with the study file,
 the arm and the field named, before the first trial.
+
+Why one file of ~600 lines: a study is validated as a whole before anything runs (arms against the profile,
+objectives against the metrics a run records, the search space against the sampler); the checks read each
+other's results, and one module is where a reader finds every rule a study file must follow.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ Generic folders (``FolderSegmentation``, ``num_classes`` given)::
 Checks (``check=``): ``"none"`` checks the layout and that the split is non-empty; ``"headers"`` also compares
 image and mask sizes from the file headers (no decoding); ``"full"`` (default) also decodes every image and every
 mask, and checks the mask values, after the same label mapping ``__getitem__`` applies.
+
+Why one file of ~540 lines: four layouts (VOC, Cityscapes, ADE20K, a plain folder) share one checking core
+(the ``check`` levels, the one-line errors); each dataset is a short class on top of it.
 """
 
 from __future__ import annotations

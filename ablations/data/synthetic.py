@@ -105,6 +105,9 @@ Item ``i`` is generated from ``np.random.default_rng([seed, split_id, i])`` (spl
 test 2) and the seed-only texture bank, so it is identical in any process, any access order and any number of
 DataLoader workers, and the splits differ. :meth:`SyntheticShapes.render` also returns an instance map and
 each object's parameters (:class:`ObjectSpec`) for per-object analysis.
+
+Why one file of ~580 lines: the generator is one specification (the docstring's formulas) and its code; the
+drawing helpers share the random stream's order, which a split would make easy to break silently.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ geometry, figures), ``<out>/README.md`` (one line per study), ``<out>/figures/<s
 ``<out>/tables/<study>.{arms,comparisons}.csv`` and, with ``tex``, ``<out>/tables/<study>.tex``. Everything is
 computed in memory first and written only when every study succeeded, each file through a temporary file and a
 rename; the same inputs give the same bytes.
+
+Why one file of ~530 lines: it is the command's pipeline (inputs → analysis → pages → atomic writes) in order;
+the pieces that stand alone already live beside it (papers, figures, speed, wandb_run).
 """
 
 from __future__ import annotations
