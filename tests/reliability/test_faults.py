@@ -110,7 +110,9 @@ def test_a_sweep_trial_killed_mid_way_resumes_in_its_folder(workdir, row, signal
     first = stored(out_dir).get_trials()[0]
     folder = Path(first.user_attrs["run_dir"])
     assert checkpoint_step(folder / "checkpoints" / "last.ckpt") == 6
-    assert main(["sweep", str(path)]) == 0
+    # Every run in its own process, as a user runs them (the test process trains with other thread counts).
+    again = subprocess.run(cli("sweep", str(path)), env=child_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
     study = stored(out_dir)
     assert complete_keys(study) == {(a, 0): 1 for a in ARMS}
     done = next(t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs["arm"] == "(1,1,1)")
@@ -120,7 +122,10 @@ def test_a_sweep_trial_killed_mid_way_resumes_in_its_folder(workdir, row, signal
     resumed = metrics_of(folder)
     assert resumed["resumed_from_step"] == 6
     # The same trial, uninterrupted, in another study folder.
-    assert main(["sweep", str(path), "--out", str(workdir / "whole")]) == 0
+    whole_run = subprocess.run(
+        cli("sweep", str(path), "--out", "whole"), env=child_env(), capture_output=True, text=True
+    )
+    assert whole_run.returncode == 0, whole_run.stderr[-2000:]
     whole = next(t for t in stored(workdir / "whole").get_trials() if t.user_attrs["arm"] == "(1,1,1)")
     assert done.values == whole.values
     assert done.user_attrs["metrics"]["val/mIoU"] == whole.user_attrs["metrics"]["val/mIoU"]
