@@ -66,6 +66,7 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv(ENV, raising=False)  # no injected fault unless a test asks for one
     return tmp_path
 
 

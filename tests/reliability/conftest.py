@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_sweep import postgres, workdir  # noqa: F401  (the sweep tests' fixtures, shared)
+
 ROWS = "ABLATIONS_RELIABILITY_ROWS"  # a JSON-lines file the rows are appended to (make reliability sets it)
 
 
@@ -50,6 +52,9 @@ def row(request):
         return
     outcome = "passed" if report.passed else "FAILED"
     record = {"test": entry.test, "fault": entry.fault, "happened": entry.happened, "kept": entry.kept}
+    base = request.node.funcargs.get("tmp_path")
+    if base is not None:  # the page names folders relative to the test's own, so it is the same on every run
+        record = {k: v.replace(f"{base}/", "").replace(str(base), ".") for k, v in record.items()}
     record["outcome"] = outcome
     if not report.passed:
         record["happened"] = (entry.happened + " — " if entry.happened else "") + report.longreprtext.splitlines()[-1]
