@@ -40,6 +40,9 @@ fixed:
 axis: {name: os, key: backbone.output_stride, values: [8, 16]}
 seeds: [0]
 """
+# The sweep commands below check the tiny study's geometry before they fail; it is computed once for the module
+# (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("geometry_once_per_study")
 
 
 def _one_line_error(capsys, argv, *needles: str, code: int = 2) -> str:

@@ -210,11 +210,13 @@ def test_a_failing_model_is_a_row_with_its_error_not_a_crash():
     assert row["params"] > 0 and "images_per_s" not in row
 
 
+@pytest.mark.e2e  # a real timing run: six full-width ResNet-50s (three peers, our equivalents) through bench.run
 def test_peers_are_timed_next_to_the_equivalent_config_of_ours():
+    # The smallest input they take: MACs and parameters are equal at any size.
     result = bench.run(
         [],
         device=torch.device("cpu"),
-        input_size=(64, 64),
+        input_size=(32, 32),
         batch_sizes=[1],
         methods=[bench.Method(warmup=1, iters=1, repeats=1)],
         peers=True,

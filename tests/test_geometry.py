@@ -9,13 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from ablations import geometry as geometry_module
 from ablations.analysis import is_degenerate, network_signature, tap_indices, valid_taps
 from ablations.describe import describe
-from ablations.geometry import ANSWERABLE, CANNOT, PARTLY, study_geometry
+from ablations.geometry import ANSWERABLE, CANNOT, PARTLY
 from ablations.model import build_model
 from ablations.study import load_study, parse_study, study_files
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+# Each study's geometry is computed once in this module (tests/conftest.py); the tests below call it through
+# ablations.geometry, where the fixture put it.
+pytestmark = pytest.mark.usefixtures("geometry_once_per_study")
+
+
+def study_geometry(study, seed=None):
+    return geometry_module.study_geometry(study, seed)
 
 
 @pytest.mark.parametrize(

@@ -33,15 +33,29 @@ PAPERS = """- study: toy
 """
 BETTER = {ARMS[0]: [0.80, 0.81, 0.82], ARMS[1]: [0.850, 0.862, 0.868]}
 
+# Every report here checks the toy study's geometry; it is computed once for the module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("geometry_once_per_study")
+
+
+@pytest.fixture(scope="module")
+def toy_storage(tmp_path_factory) -> Path:
+    """The toy study's SQLite storage, built once; each test gets a copy of the file."""
+    folder = tmp_path_factory.mktemp("toy-storage")
+    grid_storage(folder, "toy", BETTER)
+    return folder / "optuna.db"
+
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
+def project(tmp_path, monkeypatch, toy_storage):
     """A project folder: sweeps/toy.yaml, reports/papers.yaml, runs/sweeps/toy/optuna.db; cwd there."""
+    import shutil
+
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "toy.yaml").write_text(TOY)
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "papers.yaml").write_text(PAPERS)
-    grid_storage(tmp_path / "runs" / "sweeps" / "toy", "toy", BETTER)
+    (tmp_path / "runs" / "sweeps" / "toy").mkdir(parents=True)
+    shutil.copyfile(toy_storage, tmp_path / "runs" / "sweeps" / "toy" / "optuna.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
@@ -201,6 +215,12 @@ def test_an_arm_without_a_complete_run_is_listed_not_compared(project):
 def test_bench_times_every_arm_interleaved_and_the_speed_columns_come_from_it(project):
     from ablations.report.build import generate
 
+    # The bench times each arm's training step and evaluation at the study's crop and batch; what this test checks
+    # does not depend on their size, so the toy study is shrunk to a 1/8-width network on 32² crops, batch 2.
+    small = "backbone.width: 0.125, context.channels: 16, decoder.channels: 16, data.crop_size: 32, data.batch_size: 2"
+    toy = TOY.replace("fixed: {backbone.output_stride: 16}", f"fixed: {{backbone.output_stride: 16, {small}}}")
+    assert toy != TOY
+    (project / "sweeps" / "toy.yaml").write_text(toy)
     generate(runs=Path("runs/sweeps"), bench=True, bench_repeats=1, wandb=False, printer=lambda line: None)
     speed = pd.read_csv(project / "reports" / "data" / "toy.speed.csv")
     assert list(speed.columns[:4]) == ["arm", "bench/train_images_per_s", "bench/infer_images_per_s",
@@ -211,6 +231,8 @@ def test_bench_times_every_arm_interleaved_and_the_speed_columns_come_from_it(pr
     assert (
         meta["speed_environment"]["device"].startswith("cpu") and "interleaved" in meta["speed_environment"]["method"]
     )
+    method = meta["speed_environment"]["method"]
+    assert "train batch 2" in method and "input 32×32" in method  # the study's crop and batch were timed
     page = (project / "reports" / "toy.md").read_text()
     assert "| train img/s " in page and "(trial)" not in page.split("## Δ")[0].split("Verdicts:")[0]
     assert "one interleaved `ablations bench` run over the arms on cpu" in page
