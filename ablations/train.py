@@ -241,7 +241,8 @@ def _resume_decision(config: ExperimentConfig, out_dir: Path) -> tuple[Path, Pat
     """Where this run trains and what it resumes from, decided once per run: DDP's launcher re-runs ``train`` in
     every rank, and the ranks must agree (a new folder made by rank 0 must not send rank 1 to another)."""
     decided = json.loads(os.environ.get(_DECISION, "{}"))
-    if decided.get("asked") == str(out_dir):
+    # Only a rank the launcher started (LOCAL_RANK > 0) takes rank 0's decision; rank 0 decides afresh each run.
+    if os.environ.get("LOCAL_RANK", "0") != "0" and decided.get("asked") == str(out_dir):
         return Path(decided["out"]), (Path(decided["ckpt"]) if decided["ckpt"] else None)
     chosen, ckpt, message = resume.resume_point(config.to_dict(), out_dir)
     if message:

@@ -89,6 +89,25 @@ def test_a_killed_paper_style_run_resumes_to_the_uninterrupted_metrics(workdir, 
     )
 
 
+def test_a_killed_two_process_ddp_run_resumes_to_the_uninterrupted_metrics(workdir, row):
+    ddp = ("--set", "train.devices=2", "--set", "data.train_samples=32", "--set", "data.val_samples=8")
+    assert train_paper(workdir / "whole", extra=ddp).returncode == 0
+    killed = train_paper(workdir / "run", env=child_env(**{ENV: "sigkill@5"}), extra=ddp)  # every rank dies
+    assert killed.returncode != 0 and not (workdir / "run" / "metrics.json").exists()
+    assert checkpoint_step(workdir / "run" / "checkpoints" / "last.ckpt") == 4
+    again = train_paper(workdir / "run", extra=ddp)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("resuming from") == 1  # rank 0 decides; rank 1 takes its decision
+    assert sorted(p.name for p in workdir.iterdir()) == ["run", "whole"]  # no rank went to a folder of its own
+    whole, resumed = metrics_of(workdir / "whole"), metrics_of(workdir / "run")
+    assert resumed["resumed_from_step"] == 4 and val_metrics(resumed) == val_metrics(whole)
+    row(
+        fault="SIGKILL at step 5 of 8 in both ranks of a 2-process DDP run (gloo on the CPU, paper profile, tiny)",
+        happened="re-run resumed both ranks from step 4 (rank 0's decision passed to rank 1) and finished",
+        kept=f"every val/ metric equal to an uninterrupted 2-process run's (val/mIoU {resumed['val/mIoU']:.6f} both)",
+    )
+
+
 @pytest.mark.parametrize("signal_name", ["sigkill", "sigint"])
 def test_a_sweep_trial_killed_mid_way_resumes_in_its_folder(workdir, row, signal_name):
     path = write_study(workdir, fixed=STEPS, seeds=[0])
