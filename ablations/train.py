@@ -173,13 +173,12 @@ def train(
     throughput = Throughput()
     run_id = resume.wandb_run_id(out_dir, ckpt_path is not None) if rank_zero_only.rank == 0 else None
     logger = make_logger(config, out_dir, name=name, group=group, extra=wandb_extra, run_id=run_id)
-    last = (
-        resume.LastCheckpoint(out_dir, t.checkpoint_every, t.val_every or t.max_steps) if t.checkpoint_every else None
-    )
+    val_interval = t.val_every or t.max_steps
+    last = resume.LastCheckpoint(out_dir, t.checkpoint_every, val_interval) if t.checkpoint_every else None
     extra_callbacks = [c for c in (last, *InjectFault.from_env(out_dir)) if c is not None]
     trainer = pl.Trainer(
         max_steps=t.max_steps,
-        val_check_interval=t.val_every or t.max_steps,
+        val_check_interval=val_interval,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         accelerator=t.accelerator,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -43,7 +44,9 @@ def build_dataset(config: ExperimentConfig, split: str) -> Dataset:
     return DATASETS[d.name](d.root, split, check=d.check)
 
 
-_MASK = 2**63 - 1
+def _mix(*numbers: int) -> int:
+    """A 63-bit seed from integers, the same in every process and Python version (NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class TrainingOrder(Sampler):
@@ -77,12 +80,12 @@ class TrainingOrder(Sampler):
         return self.steps_per_epoch * self.batch_size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & _MASK)
+        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator).tolist()
         places = range(self.rank, self.size, self.world_size)[: len(self)]
         skip, self._skip = self._skip, 0
         for place in places[skip:]:
-            yield order[place], hash((self.seed, self.epoch, place)) & _MASK
+            yield order[place], _mix(self.seed, self.epoch, place)
 
 
 class TrainingLoader(DataLoader):

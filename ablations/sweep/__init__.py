@@ -29,8 +29,8 @@ The end-of-sweep tables are the results layer's (:mod:`ablations.results.summary
 """
 
 from ablations.results.frames import redact
-from ablations.results.summary import comparison, format_table, trial_rows, write_outputs
-from ablations.sweep.board import Board, claim, counts, mark_failed, reap_interrupted, top_up
+from ablations.results.summary import comparison, write_outputs
+from ablations.sweep.board import claim, reap_interrupted, top_up
 from ablations.sweep.progress import quiet_libraries
 from ablations.sweep.storage import (
     SweepError,
@@ -40,31 +40,25 @@ from ablations.sweep.storage import (
     open_study,
     storage_url,
 )
-from ablations.sweep.trial import REUSE_CAP, classify, run_trial
+from ablations.sweep.trial import REUSE_CAP, classify
 from ablations.sweep.workers import spawn_workers, work
 
 __all__ = [
     "REUSE_CAP",
-    "Board",
     "SweepError",
     "check_storage_reachable",
     "claim",
     "classify",
     "comparison",
-    "counts",
     "default_out_dir",
-    "format_table",
-    "mark_failed",
     "open_storage",
     "open_study",
     "quiet_libraries",
     "reap_interrupted",
     "redact",
-    "run_trial",
     "spawn_workers",
     "storage_url",
     "top_up",
-    "trial_rows",
     "work",
     "write_outputs",
 ]

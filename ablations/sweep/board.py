@@ -36,8 +36,6 @@ from ablations.results.frames import failure_kind
 from ablations.study import Study
 from ablations.sweep.storage import GRACE_S, RETRY
 
-FINISHED_FAILURES = names.FINISHED_FAILURES  # recorded results: never re-run by default
-
 
 @dataclass
 class Board:
@@ -93,7 +91,7 @@ def is_settled(trial: FrozenTrial, *, retry_failed: float | None = None) -> bool
     ``retry_failed`` (a time stamp: when this sweep started) such failures from before that time do not stand."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    if trial.state == TrialState.FAIL and failure_kind(trial) in FINISHED_FAILURES:
+    if trial.state == TrialState.FAIL and failure_kind(trial) in names.FINISHED_FAILURES:  # results, not re-run
         if retry_failed is None:
             return True
         ended = trial.datetime_complete.timestamp() if trial.datetime_complete else 0.0

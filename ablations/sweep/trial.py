@@ -30,7 +30,6 @@ from ablations.sweep.progress import Progress
 from ablations.sweep.storage import HEARTBEAT_S, SweepError
 
 REUSE_CAP = 5  # a search asks at most this many times its budget of points, reused ones included
-KEPT_METRICS = names.KEPT_METRICS  # copied from a run's metrics into the trial (the rest stays in its folder)
 
 
 class Heartbeat:
@@ -234,7 +233,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     board.check_storage()
     if metrics.get("out_dir") and metrics["out_dir"] != str(run_dir):  # the old folder could not be resumed
         storage.set_trial_user_attr(tid, "run_dir", metrics["out_dir"])
-    kept = {k: metrics[k] for k in KEPT_METRICS if k in metrics}
+    kept = {k: metrics[k] for k in names.KEPT_METRICS if k in metrics}  # the rest stays in the run folder
     kept.update(_inference_figures(config))
     kept.update({k: v for k, v in metrics.items() if k.startswith("val/IoU/")})
     kept.update(stats)

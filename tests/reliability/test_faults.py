@@ -388,7 +388,8 @@ def test_secrets_never_reach_run_folders_storages_reports_or_logs(workdir, postg
         assert secret not in logs
         assert secret not in written
         assert secret not in stored_text
-    assert "postgres" in logs  # the URL was printed, redacted
+    shown = "postgres:***@" if form == "user:password@host" else "?password=***"
+    assert shown in logs  # the URL was printed, with the password hidden
     row(
         fault=f"a database password in the storage URL ({form} form) and a W&B API key in the environment",
         happened=f"sweep exit {sweep.returncode}, report exit {report.returncode}; the URL printed with the "
