@@ -342,10 +342,22 @@ class TrainConfig:
     channels_last: bool | None = _field(None, "channels-last layout for model and images; null = on with a GPU")
     compile: bool = _field(False, "torch.compile the network (compiles in the first steps; recompiles per eval OS)")
     cudnn_benchmark: bool | None = _field(
-        None, "cuDNN autotuning of conv algorithms; null = on with a GPU (GPU runs are then not bit-reproducible)"
+        None,
+        "cuDNN autotuning of conv algorithms; null = on with a GPU unless train.deterministic=true (GPU runs are "
+        "then not bit-reproducible)",
+    )
+    deterministic: bool | None = _field(
+        None,
+        "deterministic algorithms (torch.use_deterministic_algorithms, warning where an op has none); null = on "
+        "unless cuDNN autotuning is (on a CPU: on; on a GPU: off by default); true refuses cudnn_benchmark=true",
     )
 
     def __post_init__(self) -> None:
+        if self.deterministic is True and self.cudnn_benchmark is True:
+            raise ConfigError(
+                "train.deterministic=true with train.cudnn_benchmark=true: autotuning picks non-deterministic "
+                "cuDNN algorithms; set one of them false (or cudnn_benchmark null)"
+            )
         _require(self.max_steps >= 1, "train.max_steps", self.max_steps, "an integer ≥ 1")
         _require(0 < self.lr <= 100, "train.lr", self.lr, "0 < lr ≤ 100")
         _require(0 <= self.momentum < 1, "train.momentum", self.momentum, "0 ≤ momentum < 1")
@@ -385,7 +397,15 @@ class TrainConfig:
         return gpu if self.channels_last is None else self.channels_last
 
     def resolved_cudnn_benchmark(self, gpu: bool) -> bool:
-        return gpu if self.cudnn_benchmark is None else self.cudnn_benchmark
+        if self.cudnn_benchmark is None:
+            return gpu and self.deterministic is not True
+        return self.cudnn_benchmark
+
+    def resolved_deterministic(self, gpu: bool) -> bool:
+        """Deterministic algorithms: as set, else on unless cuDNN autotuning is on (it only is on a GPU)."""
+        if self.deterministic is None:
+            return not (gpu and self.resolved_cudnn_benchmark(gpu))
+        return self.deterministic
 
 
 @dataclass(frozen=True, kw_only=True)

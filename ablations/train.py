@@ -23,7 +23,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ablations import checkpoints as resume
-from ablations.config import ConfigError, ExperimentConfig
+from ablations import gpus
+from ablations.config import ConfigError, ExperimentConfig, TrainConfig
 from ablations.data.module import SegmentationDataModule
 from ablations.faults import InjectFault
 from ablations.paths import check_writable_dir
@@ -74,45 +75,67 @@ def make_logger(
 
 
 class Throughput(pl.Callback):
-    """Training images/s from the optimisation steps alone: forward, backward and update, timed between device
-    synchronisations, data loading excluded, the first ``warmup`` steps excluded. On a GPU, model FLOP
-    utilisation against the device's peak (Lightning's ``measure_flops`` and ``get_available_flops``)."""
+    """Where a run's time goes, and how fast it trains. Every optimisation step (forward, backward and update) is
+    timed between device synchronisations: their sum is ``train_time_s`` (warm-up steps included); the time
+    between the end of one step and the start of the next (the loader's wait and the hooks in between: logging,
+    ``last.ckpt`` writes; validation and the best checkpoint's write excluded) sums to ``data_wait_s``. Training
+    images/s and the median step time are of the steps after the first ``warmup``. On a GPU, model FLOP
+    utilisation: Lightning's ``measure_flops`` of a step over the median step time over the device's dense peak
+    (:func:`ablations.gpus.device_peak_flops`: the project's datasheet table, else Lightning's figure)."""
 
     def __init__(self, warmup: int = 3) -> None:
         self.warmup = warmup
         self.step_times: list[float] = []
         self.images = 0
+        self.train_time_s = 0.0
+        self.data_wait_s = 0.0
+        self._start = 0.0
+        self._last_end: float | None = None
         self.flops_per_step: int | None = None
         self.available_flops: float | None = None
+        self.peak_source: str | None = None
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if module.device.type == "cuda":
-            from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
+            from lightning.fabric.utilities.throughput import measure_flops
 
             d = module.config.data
             with torch.device("meta"):
                 meta = SegmentationSystem(module.hparams.config, module.hparams.class_names)
                 x = torch.zeros(d.batch_size, 3, d.crop_size, d.crop_size)
             self.flops_per_step = measure_flops(meta, lambda: meta(x), lambda y: y.sum())
-            self.available_flops = get_available_flops(
-                module.device, torch.bfloat16 if "bf16" in trainer.precision else torch.float32
-            )
+            self.set_peak(module.device, trainer.precision)
+
+    def set_peak(self, device: torch.device, precision: str) -> None:
+        self.available_flops, self.peak_source = gpus.device_peak_flops(device, precision)
 
     def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
         synchronize(module.device)
         self._start = time.perf_counter()
+        if self._last_end is not None:
+            self.data_wait_s += self._start - self._last_end
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
         synchronize(module.device)
-        elapsed = time.perf_counter() - self._start
+        self._last_end = time.perf_counter()
+        elapsed = self._last_end - self._start
+        self.train_time_s += elapsed
         if trainer.global_step > self.warmup:
             self.step_times.append(elapsed)
             # Every DDP rank trains a batch of the same size in the same (gradient-synchronised) step.
             self.images += batch["image"].shape[0] * trainer.world_size
             if len(self.step_times) % trainer.log_every_n_steps == 0:
-                module.log_dict(self.summary(), on_step=True, on_epoch=False)
+                module.log_dict(self.speed(), on_step=True, on_epoch=False)
 
-    def summary(self) -> dict[str, float]:
+    def on_validation_start(self, trainer, module) -> None:
+        self._last_end = None  # validation is not a wait for data
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.state.fn == "fit":
+            self._last_end = time.perf_counter()  # after the best checkpoint's write (ModelCheckpoint runs first)
+
+    def speed(self) -> dict[str, float]:
+        """Images/s, median step time and (on a GPU with a known peak) MFU of the steps after warm-up."""
         if not self.step_times:
             return {}
         total = sum(self.step_times)
@@ -120,6 +143,38 @@ class Throughput(pl.Callback):
         if self.flops_per_step and self.available_flops:
             result[names.TRAIN_MFU] = self.flops_per_step / result[names.TRAIN_STEP_S] / self.available_flops
         return result
+
+    def summary(self) -> dict[str, Any]:
+        """:meth:`speed`, the time in steps and between them, and the peak MFU is taken against (and its source)."""
+        busy = self.data_wait_s + self.train_time_s
+        result: dict[str, Any] = {
+            **self.speed(),
+            names.TRAIN_TIME_S: self.train_time_s,
+            names.DATA_WAIT_S: self.data_wait_s,
+            names.DATA_WAIT_SHARE: self.data_wait_s / busy if busy > 0 else None,
+        }
+        if self.available_flops:
+            result[names.PEAK_FLOPS] = self.available_flops
+            result[names.PEAK_FLOPS_SOURCE] = self.peak_source
+        return result
+
+
+def lightning_deterministic(t: TrainConfig, gpu: bool) -> bool | str:
+    """Lightning's ``deterministic=`` for ``train.deterministic`` resolved: deterministic algorithms, warning (not
+    failing) at an op that has none (bilinear upsampling's backward on CUDA), or none of that."""
+    return "warn" if t.resolved_deterministic(gpu) else False
+
+
+def gpu_settings(t: TrainConfig, gpu: bool) -> dict[str, Any]:
+    """How the run's kernels were chosen: determinism, cuDNN autotuning and (on a GPU) whether fp32 convolutions
+    and matmuls may run in TF32 (None on a CPU, where TF32 does not exist)."""
+    tf32 = gpus.tf32_state() if gpu else {"cudnn": None, "matmul": None}
+    return {
+        names.DETERMINISTIC: t.resolved_deterministic(gpu),
+        names.CUDNN_BENCHMARK: t.resolved_cudnn_benchmark(gpu),
+        names.TF32_CUDNN: tf32["cudnn"],
+        names.TF32_MATMUL: tf32["matmul"],
+    }
 
 
 def device_name(module: pl.LightningModule) -> str:
@@ -190,7 +245,7 @@ def train(
         plugins=[resume.AtomicCheckpointIO()],
         use_distributed_sampler=False,  # both loaders give each rank its share themselves (data.module)
         log_every_n_steps=t.log_every,
-        deterministic="warn",
+        deterministic=lightning_deterministic(t, gpu),
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
         default_root_dir=out_dir,
@@ -204,31 +259,40 @@ def train(
             with contextlib.suppress(Exception):
                 run.finish(exit_code=1)
         raise
+    rank_zero = trainer.is_global_zero  # every rank returns the metrics; only rank 0 touches W&B and files
+    wall_time_s = time.perf_counter() - started
+    timing = throughput.summary()
     metrics = {
         **system.best,
         "best_step": system.best.get("step"),
-        **throughput.summary(),
+        **timing,
+        names.OVERHEAD_S: wall_time_s - timing[names.TRAIN_TIME_S],
         "peak_memory_mb": peak_memory_mb(system),
         "params": sum(p.numel() for p in system.model.parameters()),
         "device": device_name(system),
         "precision": precision,
         "channels_last": system.channels_last,
         "compile": t.compile,
+        **gpu_settings(t, gpu),
         "seed": t.seed,
         "best_checkpoint": checkpoint.best_model_path,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": wall_time_s,
         "resumed_from_step": system.resumed_from_step,
         "out_dir": str(out_dir),
-        "wandb_run_dir": getattr(logger.experiment, "dir", None),
+        # Another rank's logger.experiment is Lightning's stand-in, whose every attribute is a no-op function.
+        "wandb_run_dir": getattr(logger.experiment, "dir", None) if rank_zero else None,
         "history": system.history,
     }
     metrics.pop("step", None)
-    # The run's summary holds the best validation's metrics (the best checkpoint's), not a maximum over steps.
-    logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
-    logger.finalize("success")
-    if hasattr(logger.experiment, "finish"):
-        logger.experiment.finish()
-    if trainer.is_global_zero:  # one file per run, whatever the number of processes
+    if rank_zero:  # one W&B run and one file per run, whatever the number of processes
+        # The run's summary holds the best validation's metrics (the best checkpoint's), not a maximum over steps.
+        summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        if metrics.get(names.PEAK_FLOPS_SOURCE):
+            summary[names.PEAK_FLOPS_SOURCE] = metrics[names.PEAK_FLOPS_SOURCE]
+        logger.experiment.summary.update(summary)
+        logger.finalize("success")
+        if hasattr(logger.experiment, "finish"):
+            logger.experiment.finish()
         (out_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
     return metrics
 
@@ -277,7 +341,8 @@ def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), *, progress_
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
-        deterministic="warn",
+        benchmark=t.resolved_cudnn_benchmark(gpu),
+        deterministic=lightning_deterministic(t, gpu),
     )
     trainer.validate(system, datamodule=data, verbose=False)
     results = dict(system.history[-1])

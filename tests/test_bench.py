@@ -182,7 +182,8 @@ def test_bench_rows_for_our_model(method):
     assert row["macs"] == count_macs(bench.build_ours(config), (32, 32))
     assert row["params"] == sum(p.numel() for p in bench.build_ours(config).parameters())
     assert row["peak_memory_mb"] is not None
-    assert row["mfu"] is None  # no GPU peak on a CPU
+    assert row["mfu"] is None and row["peak_flops_source"] is None  # no GPU peak on a CPU
+    assert row["tf32"] is None  # no TF32 on a CPU
 
 
 def test_inference_figures_time_the_evaluation_protocol():
@@ -236,6 +237,25 @@ def test_peers_are_timed_next_to_the_equivalent_config_of_ours():
     assert rows[f"ours ≡ {plus}"]["macs"] == pytest.approx(rows[plus]["macs"], rel=0.05)
     table = bench.format_table(result)
     assert "torchvision deeplabv3_resnet50" in table and "Ours / peer" in table
+
+
+def test_fp32_rows_say_whether_tf32_is_on():
+    base = {"name": "x", "mode": "train", "channels_last": False, "compile": False, "batch": 2, "params": 10**6}
+    base |= {"images_per_s": 10.0, "latency_ms": 1.0, "latency_p90_ms": 1.0, "peak_memory_mb": 1.0, "macs": 10**9}
+    rows = [
+        {**base, "precision": "fp32", "tf32": True},  # a GPU's default (torch.backends.cudnn.allow_tf32)
+        {**base, "precision": "fp32", "tf32": False},
+        {**base, "precision": "bf16", "tf32": True},
+        {**base, "precision": "fp32", "tf32": None},  # a CPU
+    ]
+    assert list(bench.bench_frame(rows)["Mode"]) == ["train fp32 (TF32 on)", "train fp32", "train bf16", "train fp32"]
+    assert "fp32 (TF32 on)" in bench.format_row(rows[0]) and "TF32" not in bench.format_row(rows[1])
+    env = {"device": "NVIDIA H200", "torch": "2", "tf32": {"cudnn": True, "matmul": False}}
+    table = bench.format_table({"environment": env, "rows": rows, "peer_ratios": []})
+    assert "tf32 cudnn on, matmul off" in table
+    cpu = bench.format_table({"environment": {"device": "cpu", "tf32": None}, "rows": rows[3:], "peer_ratios": []})
+    assert "tf32 n/a" in cpu
+    assert bench.environment(torch.device("cpu"))["tf32"] is None
 
 
 def test_standard_configs_cover_output_stride_context_and_decoder():

@@ -62,6 +62,14 @@ def test_training_on_the_embedded_benchmark_writes_everything(tmp_path):
     assert Path(written["best_checkpoint"]).is_file()
     runs = list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    # Where the wall time went: the 4 optimisation steps (warm-up included) and everything else.
+    assert 0 < written["train_time_s"] < written["wall_time_s"] and written["overhead_s"] >= 0
+    assert written["train_time_s"] + written["overhead_s"] == pytest.approx(written["wall_time_s"], rel=1e-9)
+    assert written["train_time_s"] > 4 * written["train/step_time_s"] * 0.5
+    assert 0 <= written["data_wait_s"] < written["overhead_s"] and 0 <= written["data_wait_share"] < 1
+    # A CPU run: deterministic, no cuDNN autotuning, TF32 not applicable.
+    assert (written["deterministic"], written["cudnn_benchmark"]) == (True, False)
+    assert written["tf32_cudnn"] is None and written["tf32_matmul"] is None
 
 
 @pytest.mark.e2e
@@ -201,6 +209,24 @@ def test_the_config_knows_the_synthetic_class_count():
     assert NUM_CLASSES["synthetic"] == SyntheticShapes(num_samples=1).num_classes == load_config().head.num_classes
 
 
+def test_determinism_is_on_unless_cudnn_autotunes():
+    t = load_config().train
+    assert t.deterministic is None
+    assert (t.resolved_deterministic(gpu=False), t.resolved_cudnn_benchmark(gpu=False)) == (True, False)
+    assert (t.resolved_deterministic(gpu=True), t.resolved_cudnn_benchmark(gpu=True)) == (False, True)
+    strict = load_config(overrides=["train.deterministic=true"]).train
+    assert (strict.resolved_deterministic(gpu=True), strict.resolved_cudnn_benchmark(gpu=True)) == (True, False)
+    untuned = load_config(overrides=["train.cudnn_benchmark=false"]).train
+    assert untuned.resolved_deterministic(gpu=True) is True
+    loose = load_config(overrides=["train.deterministic=false"]).train
+    assert (loose.resolved_deterministic(gpu=False), loose.resolved_cudnn_benchmark(gpu=True)) == (False, True)
+    with pytest.raises(ConfigError, match=r"^train.deterministic=true with train.cudnn_benchmark=true: [^\n]*$"):
+        load_config(overrides=["train.deterministic=true", "train.cudnn_benchmark=true"])
+    from ablations.train import lightning_deterministic
+
+    assert lightning_deterministic(t, gpu=False) == "warn" and lightning_deterministic(t, gpu=True) is False
+
+
 def test_precision_and_layout_resolve_per_device():
     t = load_config().train
     assert t.precision == "auto" and t.channels_last is None and t.cudnn_benchmark is None and not t.compile
@@ -247,8 +273,9 @@ def test_two_processes_count_every_rank_write_once_and_evaluate_each_image_once(
     sets = [a for s in tiny for a in ("--set", s)]
     command = [sys.executable, "-m", "ablations.cli"]
     run = tmp_path / "ddp"
-    subprocess.run([*command, "train", "--profile", "quick", *sets, "--set", "train.devices=2", "--out", str(run)],
-                   check=True, env=env, cwd=tmp_path, capture_output=True, timeout=600)  # fmt: skip
+    argv = [*command, "train", "--profile", "quick", *sets, "--set", "train.devices=2", "--out", str(run)]
+    done = subprocess.run(argv, check=True, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in done.stdout + done.stderr  # the launcher's child (rank 1) prints here too
     assert [p.name for p in run.glob("*.json")] == ["metrics.json"]
     assert len(list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))) == 1
     metrics = json.loads((run / "metrics.json").read_text())
@@ -265,6 +292,46 @@ def test_two_processes_count_every_rank_write_once_and_evaluate_each_image_once(
     assert [r["processes"] for r in results] == [1, 2]
     assert results[0]["val/mIoU"] == results[1]["val/mIoU"] == pytest.approx(metrics["val/mIoU"])
     assert results[0]["val/pixel_acc"] == results[1]["val/pixel_acc"]
+
+
+@pytest.mark.e2e
+def test_every_rank_of_a_two_process_run_exits_cleanly(tmp_path):
+    """Both DDP ranks started by the test, as an external launcher (torchrun) would: Lightning takes the ranks
+    from the environment and starts no process itself, so each rank's own exit status and output are seen. Only
+    rank 0 touches W&B and writes files; rank 1 trains, returns and exits 0 without a traceback."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = [a for o in [*TINY_RUN, "train.devices=2", "train.accelerator=cpu"] for a in ("--set", o)]
+    command = [sys.executable, "-m", "ablations.cli", "train", "--profile", "quick", *sets]
+    command += ["--out", str(tmp_path / "r")]
+    base = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb-dir"), "WANDB_SILENT": "true",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "NODE_RANK": "0"}  # fmt: skip
+    ranks = [
+        subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=tmp_path, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for r in (0, 1)
+    ]  # fmt: skip
+    outputs = []
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in ranks]
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+    for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
+        assert process.returncode == 0, f"rank {rank} exited {process.returncode}:\n{output[-3000:]}"
+        assert "Traceback" not in output, f"rank {rank}:\n{output[-3000:]}"
+    assert "val/mIoU" in outputs[0] and "val/mIoU" not in outputs[1]  # rank 0 reports the run
+    assert [p.name for p in (tmp_path / "r").glob("*.json")] == ["metrics.json"]
+    assert len(list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))) == 1
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["best_step"] in (2, 4) and metrics["overhead_s"] >= 0
 
 
 @pytest.mark.e2e

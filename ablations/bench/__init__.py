@@ -32,7 +32,10 @@ Method (MMSegmentation's FPS protocol, tightened; ``reference/peers.md``):
   first), so weights and inputs are not in it;
 * multiply-adds are counted per image of one forward pass (``torch.utils.flop_counter`` on a meta copy, so
   nothing is computed); on a GPU the model FLOP utilisation is the FLOPs of one step (training: forward and
-  backward) over the step's median time over the device's peak (Lightning's ``get_available_flops``).
+  backward) over the step's median time over the device's dense peak at the row's precision
+  (:mod:`ablations.gpus`' datasheet table, else Lightning's ``get_available_flops``; ``peak_flops_source`` says
+  which); an fp32 row on a GPU runs its convolutions in TF32 when ``torch.backends.cudnn.allow_tf32`` is on
+  (PyTorch's default): its ``tf32`` field says so, its label reads "fp32 (TF32 on)" and its peak is TF32's.
 """
 
 from __future__ import annotations
@@ -64,7 +67,9 @@ from ablations.bench.method import (
     count_step_flops,
     make_step,
     peak_flops,
+    peak_flops_and_source,
     summarise,
+    tf32_enabled,
     time_steps,
 )
 from ablations.bench.models import (
@@ -123,12 +128,14 @@ __all__ = [
     "inference_figures",
     "make_step",
     "peak_flops",
+    "peak_flops_and_source",
     "peer_frame",
     "peer_ratio",
     "resolve_device",
     "run",
     "standard_configs",
     "summarise",
+    "tf32_enabled",
     "time_steps",
     "trial_method",
 ]

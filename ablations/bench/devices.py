@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ablations.bench.method import BenchError, Method
+from ablations.gpus import tf32_state
 from ablations.timing import cpu_name
 
 CPU_INPUT = (256, 256)  # default input side on a CPU, where 513² at output stride 8 takes seconds per image
@@ -44,8 +45,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["device"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
+        env["tf32"] = tf32_state()  # {"cudnn": …, "matmul": …}: whether fp32 convolutions / matmuls run in TF32
     else:
         env["device"] = cpu_name()
+        env["tf32"] = None  # no TF32 on a CPU
     return env
 
 

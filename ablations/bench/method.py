@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablations.gpus import device_peak_flops, tf32_state
 from ablations.timing import synchronize
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -226,15 +227,21 @@ def count_step_flops(model: nn.Module, input_size: tuple[int, int], batch: int, 
     return counter.get_total_flops()
 
 
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda":
-        return None
-    from lightning.fabric.utilities.throughput import get_available_flops
+def peak_flops_and_source(device: torch.device, precision: str) -> tuple[float | None, str | None]:
+    """The device's dense peak FLOP/s at ``precision`` (fp32 as TF32 when cuDNN may use TF32) and where it comes
+    from: :mod:`ablations.gpus`' datasheet table, else Lightning's ``get_available_flops``; (None, None) on a CPU
+    or an unknown device."""
+    return device_peak_flops(device, precision)
 
-    dtype = PRECISIONS[precision] or torch.float32
-    with contextlib.suppress(Exception):
-        return get_available_flops(device, dtype)
-    return None
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    return peak_flops_and_source(device, precision)[0]
+
+
+def tf32_enabled(device: torch.device) -> bool | None:
+    """Whether fp32 convolutions may run in TF32 on ``device`` (``torch.backends.cudnn.allow_tf32``, on by
+    default); None on a CPU, where there is no TF32."""
+    return tf32_state()["cudnn"] if device.type == "cuda" else None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from ablations.bench.method import (
     count_forward_macs,
     count_step_flops,
     make_step,
-    peak_flops,
+    peak_flops_and_source,
     summarise,
+    tf32_enabled,
 )
 
 
@@ -62,7 +63,9 @@ def _tensor_mb(tensors) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-def _base_row(name: str, method: Method, batch_size: int, input_size: tuple[int, int], params: int) -> dict:
+def _base_row(
+    name: str, method: Method, batch_size: int, input_size: tuple[int, int], params: int, device: torch.device
+) -> dict:
     return {
         "name": name,
         "mode": method.mode,
@@ -72,6 +75,7 @@ def _base_row(name: str, method: Method, batch_size: int, input_size: tuple[int,
         "channels_last": method.channels_last,
         "compile": method.compile,
         "cudnn_benchmark": method.cudnn_benchmark,
+        "tf32": tf32_enabled(device),  # fp32 convolutions in TF32 (a GPU's default); None on a CPU
         "params": params,
     }
 
@@ -87,7 +91,7 @@ def _prepare(
     num_classes: int,
 ) -> _Entry:
     params = sum(p.numel() for p in model.parameters())
-    entry = _Entry(row=_base_row(name, method, batch_size, input_size, params), method=method)
+    entry = _Entry(row=_base_row(name, method, batch_size, input_size, params, device), method=method)
     try:
         entry.row["macs"] = count_forward_macs(model, input_size)
         entry.flops_per_step = count_step_flops(model, input_size, batch_size, method.mode)
@@ -122,9 +126,10 @@ def _finish(entry: _Entry, device: torch.device) -> dict[str, Any]:
     )
     row["peak_memory_mb"] = entry.peak_mb
     step_s = row["latency_ms"] / 1000
-    available = peak_flops(device, entry.method.precision)
+    available, source = peak_flops_and_source(device, entry.method.precision)
     row["tflops"] = entry.flops_per_step / step_s / 1e12
     row["mfu"] = entry.flops_per_step / step_s / available if available else None
+    row["peak_flops"], row["peak_flops_source"] = available, source
     return row
 
 
@@ -145,7 +150,7 @@ def bench_models(
         try:
             model = build()
         except (RuntimeError, ValueError) as error:
-            entry = _Entry(row=_base_row(name, method, batch_size, input_size, 0), method=method)
+            entry = _Entry(row=_base_row(name, method, batch_size, input_size, 0, device), method=method)
             entry.fail(error)
         else:
             entry = _prepare(

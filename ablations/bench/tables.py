@@ -19,6 +19,7 @@ def peer_ratio(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
         "channels_last": ours["channels_last"],
         "compile": ours["compile"],
         "cudnn_benchmark": ours.get("cudnn_benchmark"),
+        "tf32": ours.get("tf32"),
         "batch": ours["batch"],
         "ours_images_per_s": ours.get("images_per_s"),
         "peer_images_per_s": peer.get("images_per_s"),
@@ -34,8 +35,13 @@ def _num(value: Any, fmt: str, missing: str = "–") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
+def precision_label(row: dict[str, Any]) -> str:
+    """The row's precision, fp32 marked "(TF32 on)" where its convolutions may run in TF32 (a GPU's default)."""
+    return row["precision"] + (" (TF32 on)" if row["precision"] == "fp32" and row.get("tf32") else "")
+
+
 def format_row(row: dict[str, Any]) -> str:
-    head = f"{row['name']} [{row['mode']} {row['precision']}{' cl' if row['channels_last'] else ''}"
+    head = f"{row['name']} [{row['mode']} {precision_label(row)}{' cl' if row['channels_last'] else ''}"
     head += f"{' compiled' if row['compile'] else ''}, batch {row['batch']}]"
     if "error" in row:
         return f"{head}: FAILED ({row['error']})"
@@ -47,7 +53,7 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 def _mode(row: dict[str, Any]) -> str:
-    parts = [row["mode"], row["precision"]]
+    parts = [row["mode"], precision_label(row)]
     parts += ["channels-last"] * bool(row["channels_last"]) + ["compiled"] * bool(row["compile"])
     return " ".join(parts + ["cudnn-autotuned"] * bool(row.get("cudnn_benchmark")))
 
@@ -94,6 +100,12 @@ def peer_frame(ratios: Sequence[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
+def _tf32(state: dict[str, bool] | None) -> str:
+    if not state:
+        return "n/a"
+    return ", ".join(f"{k} {'on' if v else 'off'}" for k, v in state.items())
+
+
 def format_table(result: dict[str, Any]) -> str:
     from ablations.results.tables import render
 
@@ -106,7 +118,7 @@ def format_table(result: dict[str, Any]) -> str:
             "",
             render(peer_frame(result["peer_ratios"]), "md"),
         ]
-    versions = ", ".join(f"{k} {v}" for k, v in env.items() if k != "device")
+    versions = ", ".join(f"{k} {_tf32(v) if k == 'tf32' else v}" for k, v in env.items() if k != "device")
     return f"Device: {env['device']} ({versions})\n\n" + "\n".join(lines)
 
 

@@ -24,6 +24,14 @@ TRAIN_LR = "train/lr"
 TRAIN_IPS = "train/images_per_s"
 TRAIN_STEP_S = "train/step_time_s"
 TRAIN_MFU = "train/mfu"
+PEAK_FLOPS = "peak_flops"  # the device's dense peak FLOP/s that train/mfu is relative to
+PEAK_FLOPS_SOURCE = "peak_flops_source"  # where that peak comes from (ablations.gpus or Lightning's table)
+# Where a run's wall time goes: the optimisation steps (warm-up included), everything else (setup, W&B, loaders,
+# validation, checkpoints), and the waits between steps (loader and hooks) with their share of steps + waits.
+TRAIN_TIME_S = "train_time_s"
+OVERHEAD_S = "overhead_s"
+DATA_WAIT_S = "data_wait_s"
+DATA_WAIT_SHARE = "data_wait_share"
 
 # Inference cost of a trial's config as it evaluates (eval output stride, scales, flip).
 INFER_IPS = "infer/images_per_s"
@@ -43,6 +51,10 @@ DEVICE = "device"
 PRECISION = "precision"
 CHANNELS_LAST = "channels_last"
 COMPILE = "compile"
+DETERMINISTIC = "deterministic"  # train.deterministic resolved
+CUDNN_BENCHMARK = "cudnn_benchmark"  # train.cudnn_benchmark resolved
+TF32_CUDNN = "tf32_cudnn"  # fp32 convolutions may run in TF32 (torch.backends.cudnn.allow_tf32); None on a CPU
+TF32_MATMUL = "tf32_matmul"  # fp32 matmuls may (torch.backends.cuda.matmul.allow_tf32); None on a CPU
 WALL_S = "wall_time_s"
 WANDB_RUN_DIR = "wandb_run_dir"
 BEST_CHECKPOINT = "best_checkpoint"
@@ -66,6 +78,10 @@ KEPT_METRICS = (
     BEST_STEP,
     DEVICE,
     WALL_S,
+    TRAIN_TIME_S,
+    OVERHEAD_S,
+    DATA_WAIT_S,
+    DATA_WAIT_SHARE,
     WANDB_RUN_DIR,
     BEST_CHECKPOINT,
 )
