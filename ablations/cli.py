@@ -358,11 +358,18 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
             sweep.reap_interrupted(board)
             if study.is_grid:
                 sweep.top_up(study, board, retry_failed=retry)
-            status = sweep.spawn_workers(_worker_argv(argv), args.workers, started=started)
+            status = sweep.spawn_workers(
+                _worker_argv(argv),
+                args.workers,
+                started=started,
+                study=study,
+                name=name,
+                printer=lambda line: print(line, flush=True),
+            )
             if status:
                 print(f"ablations: a worker exited with status {status}", file=sys.stderr)
         else:
-            if args.worker and os.environ.get("OMP_NUM_THREADS"):
+            if args.worker and os.environ.get("OMP_NUM_THREADS"):  # this worker's share (sweep.placement)
                 import torch
 
                 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -28,9 +28,11 @@ other's results, and one module is where a reader finds every rule a study file 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,19 @@ def auto_profile() -> str:
     import torch
 
     return "faithful" if torch.cuda.is_available() else "quick"
+
+
+# A local worker's share of the loader processes (``--workers N``, ``ablations.sweep.placement``): its trials'
+# ``data.num_workers`` is capped at it. An execution detail: outside the fingerprint, and a resume ignores it.
+LOADER_WORKERS_ENV = "ABLATIONS_LOADER_WORKERS"
+
+
+def loader_share(config: ExperimentConfig, environ: Mapping[str, str] | None = None) -> ExperimentConfig:
+    """``config`` with ``data.num_workers`` capped at this worker's share (``ABLATIONS_LOADER_WORKERS``), if any."""
+    text = (os.environ if environ is None else environ).get(LOADER_WORKERS_ENV, "").strip()
+    if not text.isdigit() or int(text) >= config.data.num_workers:
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, num_workers=int(text)))
 
 
 class StudyError(ValueError):
@@ -159,7 +174,7 @@ class Study:
             value = params[p.name]
             overrides += p.arms[value] if p.arms else [(p.name, value)]
         overrides.append(("train.seed", seed))
-        return load_config(self.base, overrides, profile=self.profile)
+        return loader_share(load_config(self.base, overrides, profile=self.profile))
 
     def fingerprint(self) -> str:
         """What makes two runs the same study: everything but the description, seeds and budget (which may

@@ -23,6 +23,7 @@ The parts, each one job, importing downwards only:
 - :mod:`~ablations.sweep.board`: the trials on the board: queueing, claiming, reaping, counting;
 - :mod:`~ablations.sweep.progress`: what a sweep prints while it runs;
 - :mod:`~ablations.sweep.trial`: one claimed trial, from config to its recorded end;
+- :mod:`~ablations.sweep.placement`: where local workers run (GPU round-robin, threads and loaders shared out);
 - :mod:`~ablations.sweep.workers`: the worker loop and local worker processes.
 
 The end-of-sweep tables are the results layer's (:mod:`ablations.results.summary`).

@@ -1,6 +1,6 @@
 """Workers: the loop that claims (grid) or asks for (search) trials and runs them until the study is done, and
-the local worker processes of ``--workers N``, each with its share of the CPU threads and its own GPU when there
-are enough."""
+the local worker processes of ``--workers N``, each placed on the machine by ``ablations.sweep.placement``: its
+GPU (round-robin, so several trials may share one), its share of the CPU threads and of the loader workers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import optuna
@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from ablations.study import Study
 from ablations.sweep.board import Board, claim, counts, mark_failed, reap_interrupted, top_up
+from ablations.sweep.placement import Placement, from_env, placement, start_line, visible_devices, worker_env
 from ablations.sweep.progress import Progress, quiet_libraries
 from ablations.sweep.trial import REUSE_CAP, run_trial
 
@@ -81,6 +82,7 @@ def _next_trial(study: Study, board: Board, retry_failed: float | None, printer)
 
 def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, poll_s, printer) -> int:
     ran = 0
+    placed = from_env()
     while max_trials is None or ran < max_trials:
         board.check_storage()
         reaped = reap_interrupted(board)
@@ -92,6 +94,8 @@ def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, 
                 return ran
             time.sleep(poll_s)  # others are running the rest; wait in case one of them dies
             continue
+        if placed is not None:  # which share of the machine ran it (a --workers N child)
+            board.storage.set_trial_user_attr(board.trial_id(trial.number), "placement", placed)
         try:
             run_trial(study, board, trial, out_dir, progress)
         except (KeyboardInterrupt, SystemExit):
@@ -105,20 +109,71 @@ def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, 
     return ran
 
 
-def spawn_workers(argv: Sequence[str], workers: int, *, started: float | None = None) -> int:
-    """Start ``workers`` worker processes of this same command (``--worker``), wait for them, return the worst
-    exit status. Threads are shared out (CPU) and each worker gets its own GPU when there are enough."""
-    import torch
+def plan(
+    workers: int, study: Study, environ: Mapping[str, str] | None = None, *, gpus: int | None = None
+) -> tuple[list[Placement], str]:
+    """The placement of ``workers`` local workers on this machine (:func:`ablations.sweep.placement.placement`)
+    for ``study``'s trials, and the line that says it. Starts no process. ``gpus``: the GPUs torch sees."""
+    if gpus is None:
+        import torch
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    threads = max(1, (os.cpu_count() or 1) // workers)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    environ = os.environ if environ is None else environ
+    config = study.resolve(study.arm_labels[0] if study.is_grid else None, study.seeds[0])
+    loaders, per_trial = config.data.num_workers, config.train.devices
+    if config.train.accelerator == "cpu":
+        gpus = 0
+    override = None  # --set data.num_workers=K: the user's figure for every trial, so each worker's
+    if any(str(s).partition("=")[0].strip() == "data.num_workers" for s in study.sets):
+        override = config.data.num_workers
+    visible = visible_devices(environ)
+    user_threads = environ.get("OMP_NUM_THREADS", "").strip()
+    threads = int(user_threads) if user_threads.isdigit() and int(user_threads) > 0 else None
+    places = placement(
+        workers,
+        gpus,
+        _cpus(),
+        loaders,
+        visible=visible,
+        threads=threads,
+        loader_override=override,
+        gpus_per_trial=per_trial,
+    )
+    line = start_line(
+        places,
+        loader_workers=loaders,
+        loader_override=override is not None,
+        user_threads=threads is not None,
+        visible=visible if gpus else None,
+        available=gpus,
+    )
+    return places, line
+
+
+def _cpus() -> int:
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's or taskset's share)
+    return os.cpu_count() or 1
+
+
+def spawn_workers(
+    argv: Sequence[str],
+    workers: int,
+    *,
+    study: Study,
+    started: float | None = None,
+    name: str | None = None,
+    printer: Callable[[str], None] = print,
+) -> int:
+    """Start ``workers`` worker processes of this same command (``--worker``), each with its placement
+    (:func:`plan`: its GPU, CPU threads and loader workers), print the placement in one line, wait for them,
+    return the worst exit status."""
+    places, line = plan(workers, study)
+    printer(f"[{name or study.name}] {line}")
+    started = started or time.time()
     processes = []
-    for index in range(workers):
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-        env["ABLATIONS_SWEEP_STARTED"] = str(started or time.time())
-        if gpus >= workers and "CUDA_VISIBLE_DEVICES" not in os.environ:
-            env["CUDA_VISIBLE_DEVICES"] = str(index)
+    for place in places:
+        env = worker_env(place, os.environ, started=started)
         command = [sys.executable, "-m", "ablations.cli", *argv, "--worker"]
         processes.append(subprocess.Popen(command, env=env))
     status = 0
