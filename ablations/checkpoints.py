@@ -25,7 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 LAST = "last"
 RUN_ID_FILE = "wandb-run-id"
 # Fields that say how a run is executed, not what it trains: a run may resume under other values of these.
-RESUME_IGNORES = ("data.num_workers", "train.checkpoint_every")
+RESUME_IGNORES = ("data.num_workers", "data.render", "train.checkpoint_every")
 
 
 class CheckpointWriteError(OSError):

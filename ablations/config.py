@@ -262,6 +262,9 @@ class EvalConfig:
         )
 
 
+RENDER_MODES = ("auto", "device", "cpu")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     name: str = _field("synthetic", "dataset: synthetic (embedded, no files) | voc | cityscapes | ade20k | folder")
@@ -285,6 +288,12 @@ class DataConfig:
     batch_size: int = _field(16, "training images per step (v3 Table 9: 16)")
     val_batch_size: int | None = _field(None, "evaluation batch; null = batch_size for synthetic, 1 for real images")
     num_workers: int = _field(2, "data-loading worker processes")
+    render: str = _field(
+        "auto",
+        "synthetic: where the benchmark is drawn and augmented: device (the training device, in torch, a batch at "
+        "once) | cpu (NumPy on the loader workers) | auto (device on a CUDA GPU, cpu otherwise: on a CPU NumPy is as "
+        "fast at 96² and faster at 513², benchmarks/render_speed.py); how a run executes, not what it trains",
+    )
     check: str = _field("full", "dataset checks before training: full (decode every image and mask) | headers | none")
 
     def __post_init__(self) -> None:
@@ -301,6 +310,13 @@ class DataConfig:
         if self.val_batch_size is not None:
             _require(self.val_batch_size >= 1, "data.val_batch_size", self.val_batch_size, "an integer ≥ 1")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer ≥ 0")
+        _choice("data.render", self.render, RENDER_MODES)
+        _require(
+            self.render != "device" or self.name == "synthetic",
+            "data.render",
+            self.render,
+            f"auto or cpu for data.name={self.name!r} (only the synthetic benchmark is rendered on the device)",
+        )
         _choice("data.check", self.check, ("full", "headers", "none"))
         _choice("data.class_by", self.class_by, ("shape", "size"))
         if self.shapes is not None:

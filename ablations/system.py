@@ -89,7 +89,9 @@ class SegmentationSystem(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = segmentation_loss(logits, batch["mask"], hard_pixel_fraction=self.config.train.hard_pixel_fraction)
+        # Masks travel as uint8 where the classes fit (ablations.data.module); cross_entropy takes int64 targets.
+        target = batch["mask"].long()
+        loss = segmentation_loss(logits, target, hard_pixel_fraction=self.config.train.hard_pixel_fraction)
         batch_size = batch["image"].shape[0]
         # A diverged run stops here with the step and value. Checked every step on a CPU (free) and every
         # log_every steps on an accelerator, where reading the loss waits for the device.
@@ -113,7 +115,7 @@ class SegmentationSystem(pl.LightningModule):
             scales=self.config.eval.scales,
             flip=self.config.eval.flip,
         )
-        self.val_metrics.update(probabilities.argmax(1), batch["mask"], batch.get("size"))
+        self.val_metrics.update(probabilities.argmax(1), batch["mask"].long(), batch.get("size"))
 
     def on_validation_epoch_end(self) -> None:
         self.model.set_output_stride(self._train_output_stride)

@@ -278,3 +278,18 @@ def test_class_by_is_a_validated_config_field():
     assert load_config(overrides=["data.class_by=size"]).data.class_by == "size"
     with pytest.raises(ConfigError, match=r"data\.class_by"):
         load_config(overrides=["data.class_by=colour"])
+
+
+def test_an_item_is_its_scene_rasterised_and_every_scene_fits_the_fixed_sizes():
+    """__getitem__ = scene draw + NumPy rasteriser; the scene's arrays have the sizes a default collate stacks,
+    also with many clutter fragments (strokes take up to 3 primitives each)."""
+    ds = SyntheticShapes(num_samples=40, image_size=48, seed=9, max_distractors=10, max_objects=3)
+    for i in range(40):
+        scene = ds.scene(i)
+        assert scene.kind.shape == (ds.max_primitives,) and scene.params.shape[0] == ds.max_primitives
+        assert scene.label.shape == (ds.max_layers,) and scene.colour.shape == (ds.max_layers, 2, 3)
+        layers = ds.rasterise(scene)
+        item = ds[i]
+        assert torch.equal(item["mask"], torch.from_numpy(scene.label[layers]))
+        assert torch.equal(item["size"], torch.from_numpy(scene.bucket[layers]))
+        assert int(layers.max()) < ds.max_layers

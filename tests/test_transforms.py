@@ -201,3 +201,16 @@ def test_on_a_real_dataset_sample(tmp_path):
     assert out["image"].shape == (3, 33, 29) and out["mask"].shape == (33, 29)
     values = out["mask"][out["mask"] != 255]
     assert values.numel() == 0 or values.max() < 21
+
+
+def test_uint8_label_maps_follow_the_image_exactly_as_int64_ones():
+    """The device path and the CPU training path ship masks as uint8 (≤ 255 classes and ignore fit)."""
+    sample = pattern(30, 26, block=3)
+    small = sample | {"mask": sample["mask"].to(torch.uint8), "size": sample["size"].to(torch.uint8)}
+    for seed in range(10):
+        wide = random_scale_crop_flip(sample, crop_size=32, generator=torch.Generator().manual_seed(seed))
+        narrow = random_scale_crop_flip(small, crop_size=32, generator=torch.Generator().manual_seed(seed))
+        assert narrow["mask"].dtype == narrow["size"].dtype == torch.uint8
+        assert torch.equal(wide["image"], narrow["image"])
+        assert torch.equal(wide["mask"], narrow["mask"].long()) and torch.equal(wide["size"], narrow["size"].long())
+    assert torch.equal(pad_to(small, (40, 40))["mask"][35:], torch.full((5, 40), 255, dtype=torch.uint8))

@@ -9,6 +9,10 @@ Every dataset is a ``torch.utils.data.Dataset`` whose items are dicts:
   belongs to — 0 background, 1 small, 2 medium, 3 large — or 255 where the mask is 255.
 
 and which expose ``num_classes: int``, ``class_names: tuple[str, ...]`` and ``ignore_index = 255``.
+
+What reaches the training system (``ablations.data.module``) differs a little: training batches carry no
+``"size"`` (only evaluation reads it), and masks may travel as ``torch.uint8`` (the synthetic benchmark's, on either
+``data.render`` path); the system converts them to int64 on the device.
 """
 
 IGNORE_INDEX = 255

@@ -1,4 +1,14 @@
-"""The LightningDataModule: builds the configured dataset, checks it before training, applies the recipe."""
+"""The LightningDataModule: builds the configured dataset, checks it before training, applies the recipe.
+
+Two data paths (``data.render``). *cpu*: loader workers produce pixels (the synthetic benchmark in NumPy, real
+datasets decoded from disk) and augment them on the CPU. *device* (the synthetic benchmark only; ``auto`` picks it
+when the run trains on a CUDA GPU): the loaders ship each item's scene (``SyntheticShapes.scene``, a few hundred
+numbers) and, for training, its scale/crop/flip draws, drawn on the CPU from the same per-sample seed; then
+:meth:`SegmentationDataModule.on_after_batch_transfer`, which Lightning runs on the training device, renders the
+batch there (``ablations.data.render``) and augments it (``apply_scale_crop_flip``). Both paths train on the same
+stream (which item, which crop, in which order); pixels agree to the renderer's stated tolerance. Training batches
+carry no size map (only evaluation uses it), and masks travel as uint8 where the classes fit.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ablations.config import ConfigError, ExperimentConfig
 from ablations.data import IGNORE_INDEX
-from ablations.data.transforms import pad_to, random_scale_crop_flip
+from ablations.data.transforms import apply_scale_crop_flip, pad_to, random_scale_crop_flip, scale_crop_flip_draws
 
 
 def build_dataset(config: ExperimentConfig, split: str) -> Dataset:
@@ -120,6 +130,53 @@ class Transformed(Dataset):
         return self.transform(self.dataset[item])
 
 
+def training_sample(
+    sample: dict[str, torch.Tensor], *, small_labels: bool = True, generator: torch.Generator | None = None, **recipe
+) -> dict[str, torch.Tensor]:
+    """The CPU path's training transform: drop the size map (training never reads it), ship the mask as uint8 when
+    the classes and ignore fit (``small_labels``; an eighth of int64's bytes), then ``random_scale_crop_flip``."""
+    sample = {key: value for key, value in sample.items() if key != "size"}
+    if small_labels and sample["mask"].dtype != torch.uint8:
+        sample["mask"] = sample["mask"].to(torch.uint8)
+    return random_scale_crop_flip(sample, generator=generator, **recipe)
+
+
+class SceneItems(Dataset):
+    """The synthetic benchmark as scenes for the device path (``Scene.tensors``). Given ``(index, seed)``
+    (``TrainingOrder``) with a ``recipe``, each item also carries ``"augment"``: the scale/crop/flip draws
+    (scaled height, width, top, left, flipped) from a generator seeded with ``seed``, exactly as the CPU path draws
+    them; given an index, from torch's global generator."""
+
+    def __init__(self, dataset, recipe: dict[str, Any] | None = None) -> None:
+        self.dataset, self.recipe = dataset, recipe
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, generator = (
+            (item[0], torch.Generator().manual_seed(item[1])) if isinstance(item, tuple) else (item, None)
+        )
+        out = self.dataset.scene(index).tensors()
+        if self.recipe is not None:
+            side = self.dataset.image_size
+            (height, width), top, left, flipped = scale_crop_flip_draws(side, side, generator=generator, **self.recipe)
+            out["augment"] = torch.tensor([height, width, top, left, int(flipped)], dtype=torch.int64)
+        return out
+
+
+class _HostPlan:
+    """CPU copies of what the renderer plans from (primitive kinds and boxes, the augmentation draws), taken before
+    Lightning moves a batch: not a tensor or a collection, so the transfer leaves it on the host and the device path
+    needs no device-to-host copy (a synchronisation) per step."""
+
+    __slots__ = ("augment", "box", "kind")
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.kind, self.box = batch["kind"], batch["box"]  # the transfer copies them; these stay where they are
+        self.augment = batch["augment"].tolist() if "augment" in batch else None
+
+
 def pad_collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Batch images of different sizes by padding to the largest (image mean, ignore label)."""
     height = max(s["image"].shape[-2] for s in samples)
@@ -134,6 +191,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.config = config
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.renderer = None  # the synthetic benchmark's torch rasteriser (ablations.data.render), once set up
 
     def setup(self, stage: str | None = None) -> None:
         """Build and check both splits (idempotent); raises before any training step on a bad dataset."""
@@ -152,6 +210,10 @@ class SegmentationDataModule(pl.LightningDataModule):
                 "(incomplete batches are dropped, so no step could run)"
             )
         self.train_set, self.val_set = train_set, val_set
+        if d.name == "synthetic":
+            from ablations.data.render import SceneRenderer
+
+            self.renderer = SceneRenderer(train_set)  # train and val share the image size and the texture bank
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -161,23 +223,39 @@ class SegmentationDataModule(pl.LightningDataModule):
     def has_size_buckets(self) -> bool:
         return self.config.data.name == "synthetic"
 
+    @property
+    def renders_on_device(self) -> bool:
+        """Whether the loaders ship scenes that :meth:`on_after_batch_transfer` renders (``data.render``): ``device``,
+        or ``auto`` for the synthetic benchmark on a run that trains on a CUDA GPU. On a CPU ``auto`` keeps NumPy on
+        the loader workers: on the 2-core AMD EPYC the torch path made 0.8-1.1× NumPy's images/s per core at 96² and
+        0.5-0.8× at 513² (``benchmarks/render_speed.py``)."""
+        d = self.config.data
+        if d.name != "synthetic" or d.render == "cpu":
+            return False
+        if d.render == "device":
+            return True
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def train_dataloader(self) -> DataLoader:
         d = self.config.data
-        transform = functools.partial(
-            random_scale_crop_flip,
-            crop_size=d.crop_size,
-            scale_range=(d.scale_min, d.scale_max),
-            flip=d.flip,
-            ignore_index=IGNORE_INDEX,
-        )
+        recipe = {"crop_size": d.crop_size, "scale_range": (d.scale_min, d.scale_max), "flip": d.flip}
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         order = TrainingOrder(
             len(self.train_set), seed=self.config.train.seed, batch_size=d.batch_size, rank=rank, world_size=world
         )
+        if self.renders_on_device:
+            items: Dataset = SceneItems(self.train_set, recipe)
+        else:
+            # uint8 masks where the labels are known to fit (the generator's; a real mask with data.check=none may
+            # hold any value, which a cast would wrap into a valid-looking class instead of failing).
+            small = d.name == "synthetic" and self.train_set.num_classes < IGNORE_INDEX
+            transform = functools.partial(training_sample, small_labels=small, ignore_index=IGNORE_INDEX, **recipe)
+            items = Transformed(self.train_set, transform)
         # drop_last: a last batch of one image would break BatchNorm (torchvision #2151) and skew the step count.
         return TrainingLoader(
-            Transformed(self.train_set, transform),
+            items,
             batch_size=d.batch_size,
             sampler=order,
             drop_last=True,
@@ -199,14 +277,34 @@ class SegmentationDataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
+        device = self.renders_on_device
         return DataLoader(
-            self.val_set,
+            SceneItems(self.val_set) if device else self.val_set,
             batch_size=batch,
             shuffle=False,
             sampler=sampler,
-            collate_fn=pad_collate,
+            collate_fn=None if device else pad_collate,  # scenes have fixed sizes: the default collate stacks them
             **self._loader_options(),
         )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Still on the host: a scene batch keeps host copies of its plan (``_HostPlan``) through the transfer."""
+        if isinstance(batch, dict) and "kind" in batch:
+            batch["plan"] = _HostPlan(batch)
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the training device: a batch of scenes becomes pixels here (device path); other batches pass through.
+        Training batches are augmented and carry no size map; evaluation batches keep it (the size metrics)."""
+        if not (isinstance(batch, dict) and "kind" in batch):
+            return batch
+        plan = batch.pop("plan", None)
+        training = "augment" in batch
+        out = self.renderer(batch, size=not training, plan=None if plan is None else (plan.kind, plan.box))
+        if training:
+            draws = plan.augment if plan is not None else batch["augment"]
+            out = apply_scale_crop_flip(out, draws, crop_size=self.config.data.crop_size, ignore_index=IGNORE_INDEX)
+        return out
 
     def _loader_options(self) -> dict[str, Any]:
         workers = self.config.data.num_workers

@@ -95,9 +95,14 @@ per image so the tiles are seamless and textures scale with the image size.
 
 Rendering and speed
 -------------------
-Each layer only writes its id into a layer map, inside its bounding box; one vectorised pass at the end
-gathers texture values, colours (a per-layer 256-level colour lookup table), class and bucket from the layer
-map. About 0.6 ms per 128² image on one CPU core, ≈ 1,700 images/s (``benchmarks/synthetic_speed.py``).
+Generation is two steps. The *scene draw* (:meth:`SyntheticShapes.scene`) takes every random number of the item
+and turns the geometry into primitives (inside tests of a few kinds with their parameters and bounding boxes,
+``PRIMITIVE_KINDS``) and layers (texture, offset, colours, label, bucket): a :class:`Scene` of fixed-size arrays.
+The *rasteriser* turns a scene into pixels: here in NumPy (:meth:`SyntheticShapes.rasterise`), one item on a CPU
+loader worker, or in torch on any device for a whole batch (``ablations.data.render``, the ``data.render`` device
+path). Each primitive only writes its layer id into a layer map, inside its bounding box; one vectorised pass at
+the end gathers texture values, colours (a per-layer 256-level colour lookup table), class and bucket from the
+layer map. About 0.6 ms per 128² image on one CPU core, ≈ 1,700 images/s (``benchmarks/synthetic_speed.py``).
 
 Determinism
 -----------
@@ -106,8 +111,9 @@ test 2) and the seed-only texture bank, so it is identical in any process, any a
 DataLoader workers, and the splits differ. :meth:`SyntheticShapes.render` also returns an instance map and
 each object's parameters (:class:`ObjectSpec`) for per-object analysis.
 
-Why one file of ~580 lines: the generator is one specification (the docstring's formulas) and its code; the
-drawing helpers share the random stream's order, which a split would make easy to break silently.
+Why one file of ~720 lines: the generator is one specification (the docstring's formulas) and its code; the
+drawing helpers share the random stream's order, which a split would make easy to break silently. The torch
+rasteriser lives apart (``ablations.data.render``) but reads the same primitive table (``PRIMITIVE_KINDS``).
 """
 
 from __future__ import annotations
@@ -174,6 +180,62 @@ class SyntheticSample:
     size: torch.Tensor  # int64 (H, W)
     instance: torch.Tensor  # int64 (H, W): 0 background/clutter, i + 1 for objects[i]
     objects: tuple[ObjectSpec, ...]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scenes: an item's random draws as fixed-size arrays, which a rasteriser turns into pixels (this file's NumPy
+# one, or ablations.data.render's torch one, on any device and a whole batch at once).
+
+# Primitive kinds (0 pads the arrays). A primitive's params row holds its centre (0 cy, 1 cx, pixels), then:
+#   wave      2 cos θ, 3 sin θ, 4 amplitude, 5 angular frequency, 6 phase, 7 threshold:
+#             u > threshold + amplitude·sin(v·frequency + phase) (the second background region)
+#   round     2 cos θ, 3 sin θ, 4 R², 5 inner² (−1: none), 6 chord c (+∞: none): r² ≤ R², r² ≥ inner², u ≤ c
+#             (disk, ring, disk segment)
+#   arc       2 cos θ, 3 sin θ, 4 outer², 5 inner², 6 half span: the annulus and |atan2(v, u)| ≤ half span
+#   box       2 cos θ, 3 sin θ, 4 a, 5 b: |u| ≤ a, |v| ≤ b (square, bar, one stroke segment)
+#   triangle  2 cos θ, 3 sin θ, 4 low, 5 high: v ≥ low, v/2 + (√3/2)|u| ≤ high
+#   cross     2 cos θ, 3 sin θ, 4 half-width, 5 half-length: min(|u|, |v|) ≤ half-width, max ≤ half-length
+#   star      4 θ, 5 α, 6 d: ρ cos(ψ − α) ≤ d, ψ the polar angle − θ folded into [0, π/5]
+#   blob      2-5 amplitudes of harmonics 2-5, 6-9 their phases, 10 radius: ρ ≤ radius·(1 + Σ a cos(kφ + phase))
+# with (u, v) = (dx cos θ + dy sin θ, dy cos θ − dx sin θ), r² = dy² + dx², ρ = √r², φ = atan2(dy, dx).
+PRIMITIVE_KINDS: tuple[str, ...] = ("none", "wave", "round", "arc", "box", "triangle", "cross", "star", "blob")
+NONE, WAVE, ROUND, ARC, BOX, TRIANGLE, CROSS, STAR, BLOB = range(len(PRIMITIVE_KINDS))
+NUM_PARAMS = 12
+
+_Primitive = tuple[int, int, tuple[int, int, int, int], tuple[float, ...]]  # kind, layer, box, params
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """One item's random draws, zero-padded to fixed sizes (P = ``max_primitives``, L = ``max_layers``) so that a
+    DataLoader's default collate stacks them. Primitives are in paint order; a layer's id is its row, and ids grow
+    in paint order, so the visible layer of a pixel is the largest id among the primitives that cover it."""
+
+    kind: np.ndarray  # int64 (P,): index into PRIMITIVE_KINDS, 0 = padding
+    layer: np.ndarray  # int64 (P,): the layer it paints (a stroke's 2-3 segments share one)
+    box: np.ndarray  # int64 (P, 4): y0, y1, x0, x1 of the pixels it is tested on (clipped to the image)
+    params: np.ndarray  # float64 (P, NUM_PARAMS): see PRIMITIVE_KINDS
+    texture: np.ndarray  # int64 (L,): texture id in the bank
+    offset: np.ndarray  # int64 (L, 2): (y, x) offset into the texture
+    colour: np.ndarray  # float64 (L, 2, 3): c0, c1 (the pixel is c0 + (c1 − c0)·t)
+    label: np.ndarray  # int64 (L,): mask label
+    bucket: np.ndarray  # int64 (L,): size bucket
+    instance: np.ndarray  # int64 (L,): 0 background/clutter, i + 1 for objects[i]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What a loader ships to the torch rasteriser: geometry and appearance, params and colours as float32 (the
+        precision it computes in; NumPy applies the same float64 parameters at float32 too, the wave aside)."""
+        return {
+            "kind": torch.from_numpy(self.kind),
+            "layer": torch.from_numpy(self.layer),
+            "box": torch.from_numpy(self.box),
+            "params": torch.from_numpy(self.params.astype(np.float32)),
+            "texture": torch.from_numpy(self.texture),
+            "offset": torch.from_numpy(self.offset),
+            "colour": torch.from_numpy(self.colour.astype(np.float32)),
+            "label": torch.from_numpy(self.label),
+            "bucket": torch.from_numpy(self.bucket),
+        }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -323,25 +385,41 @@ class SyntheticShapes(Dataset):
             f"foreground_cue={self.foreground_cue}, class_by={self.class_by!r})"
         )
 
+    @property
+    def max_primitives(self) -> int:
+        """Primitives a scene can hold: the background boundary, up to 3 segments per clutter fragment (strokes),
+        one per object."""
+        return 1 + 3 * self.max_distractors + self.max_objects
+
+    @property
+    def max_layers(self) -> int:
+        """Layers a scene can hold: two background regions, the clutter fragments, the objects."""
+        return 2 + self.max_distractors + self.max_objects
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        layers, looks, labels, buckets, _, _ = self._generate(self._check_index(index))
-        image = self._colour(layers, *looks)
+        scene = self.scene(index)
+        layers = self.rasterise(scene)
         return {
-            "image": torch.from_numpy(image),
-            "mask": torch.from_numpy(labels[layers]),
-            "size": torch.from_numpy(buckets[layers]),
+            "image": torch.from_numpy(self._colour(layers, scene)),
+            "mask": torch.from_numpy(scene.label[layers]),
+            "size": torch.from_numpy(scene.bucket[layers]),
         }
 
     def render(self, index: int) -> SyntheticSample:
         """The item plus an instance map and every object's parameters, for per-object analysis and tests."""
-        layers, looks, labels, buckets, instances, objects = self._generate(self._check_index(index))
+        scene, objects = self._draw(self._check_index(index))
+        layers = self.rasterise(scene)
         return SyntheticSample(
-            image=torch.from_numpy(self._colour(layers, *looks)),
-            mask=torch.from_numpy(labels[layers]),
-            size=torch.from_numpy(buckets[layers]),
-            instance=torch.from_numpy(instances[layers]),
+            image=torch.from_numpy(self._colour(layers, scene)),
+            mask=torch.from_numpy(scene.label[layers]),
+            size=torch.from_numpy(scene.bucket[layers]),
+            instance=torch.from_numpy(scene.instance[layers]),
             objects=objects,
         )
+
+    def scene(self, index: int) -> Scene:
+        """Item ``index``'s random draws as a :class:`Scene` (no pixels yet)."""
+        return self._draw(self._check_index(index))[0]
 
     def _check_index(self, index: int) -> int:
         try:
@@ -353,25 +431,23 @@ class SyntheticShapes(Dataset):
         return i
 
     # ----------------------------------------------------------------------------------------------------------
-    # Generation: every layer writes only its id into the layer map; _colour turns ids into pixels in one pass.
+    # The scene draw: every random number an item takes, in the stream's fixed order; geometry becomes primitives.
 
-    def _generate(self, index: int):
+    def _draw(self, index: int) -> tuple[Scene, tuple[ObjectSpec, ...]]:
         rng = np.random.default_rng([self.seed, self._split_id, index])
         side = self.image_size
         h = float(side)
-        layers = np.zeros((side, side), dtype=np.int32)
+        primitives: list[_Primitive] = []
 
         # 1. Background: region 0, and with probability 0.6 region 1 beyond a wavy boundary.
         b = rng.random(5)
         num_background = 1
         if b[0] < 0.6:
             theta = _TWO_PI * b[1]
-            c, s = math.cos(theta), math.sin(theta)
-            centred = self._centers - h / 2
-            along = centred[:, None] * s + centred[None, :] * c
-            across = centred[:, None] * c - centred[None, :] * s
-            wave = 0.08 * h * np.sin(across * (_TWO_PI * (1 + 3 * b[2]) / h) + _TWO_PI * b[3])
-            np.putmask(layers, along > (b[4] - 0.5) * 0.6 * h + wave, 1)
+            # The frequency, phase and threshold stay NumPy float64 scalars in the original arithmetic, so the
+            # boundary is evaluated in float64 (see _inside).
+            wave = (0.08 * h, float(_TWO_PI * (1 + 3 * b[2]) / h), float(_TWO_PI * b[3]), float((b[4] - 0.5) * 0.6 * h))
+            primitives.append((WAVE, 1, (0, side, 0, side), (h / 2, h / 2, math.cos(theta), math.sin(theta), *wave)))
             num_background = 2
 
         # 2. Clutter, labelled background.
@@ -380,7 +456,7 @@ class SyntheticShapes(Dataset):
         clutter_side = self._log_uniform(rng, num_clutter, MAX_CLUTTER_SIDE * h)
         clutter_params = rng.random((num_clutter, 12))
         for k in range(num_clutter):
-            self._draw_clutter(layers, num_background + k, int(kinds[k]), float(clutter_side[k]), clutter_params[k])
+            self._clutter(primitives, num_background + k, int(kinds[k]), float(clutter_side[k]), clutter_params[k])
 
         # 3. Objects, painted mostly large-first (log-area + N(0, 1) jitter).
         num_objects = int(rng.integers(1, self.max_objects + 1))
@@ -412,12 +488,37 @@ class SyntheticShapes(Dataset):
         for rank, o in enumerate(order.tolist()):
             j = first_object + rank
             shape, label = int(self._shape_ids[classes[o]]), int(classes[o]) + 1
-            spec = self._draw_object(layers, j, shape, label, float(sides[o]), params[o], int(textures[j]))
+            spec = self._object(primitives, j, shape, label, float(sides[o]), params[o], int(textures[j]))
             labels[j] = spec.bucket if self.class_by == "size" else label
             buckets[j], instances[j] = spec.bucket, rank + 1
             objects.append(spec)
 
-        return layers, (textures, offsets, colours), labels, buckets, instances, tuple(objects)
+        count = self.max_primitives
+        kind = np.zeros(count, dtype=np.int64)
+        layer = np.zeros(count, dtype=np.int64)
+        box = np.zeros((count, 4), dtype=np.int64)
+        values = np.zeros((count, NUM_PARAMS), dtype=np.float64)
+        for i, (k, j, bounds, p) in enumerate(primitives):
+            kind[i], layer[i], box[i], values[i, : len(p)] = k, j, bounds, p
+
+        def pad(array: np.ndarray) -> np.ndarray:
+            out = np.zeros((self.max_layers, *array.shape[1:]), dtype=array.dtype)
+            out[: len(array)] = array
+            return out
+
+        scene = Scene(
+            kind=kind,
+            layer=layer,
+            box=box,
+            params=values,
+            texture=pad(textures.astype(np.int64)),
+            offset=pad(offsets.astype(np.int64)),
+            colour=pad(colours),
+            label=pad(labels),
+            bucket=pad(buckets),
+            instance=pad(instances),
+        )
+        return scene, tuple(objects)
 
     def _log_uniform(self, rng: np.random.Generator, n: int, high: float) -> np.ndarray:
         low = min(self._min_side, high)
@@ -437,46 +538,20 @@ class SyntheticShapes(Dataset):
         colours[num_background:] = candidates[num_background:][np.arange(num_layers - num_background), pick]
         return colours
 
-    def _colour(self, layers: np.ndarray, textures: np.ndarray, offsets: np.ndarray, colours: np.ndarray) -> np.ndarray:
-        """float32 (3, H, W) image from the layer map and each layer's texture id, texture offset and colours."""
-        side = self.image_size
-        base = textures.astype(np.int64) * self._tex_stride + offsets[:, 0] * (2 * side) + offsets[:, 1]
-        levels = self._bank[base.astype(np.int32)[layers] + self._pixel_offset]
-        # A 256-level colour table per layer turns colouring into one gather that lands in (3, H, W) directly.
-        c0, c1 = colours[:, 0], colours[:, 1]  # (layers, 3)
-        table = c0.T[:, :, None] + (c1 - c0).T[:, :, None] * self._levels  # (3, layers, 256)
-        table = table.astype(np.float32).reshape(3, -1)
-        key = layers * 256
-        key += levels
-        return np.take(table, key, axis=1)
-
-    # ----------------------------------------------------------------------------------------------------------
-    # Rasterisation, inside each shape's bounding box only.
-
-    def _frame(self, cy: float, cx: float, extent: float):
-        """Bounding box (clipped to the image) of the square of half-side ``extent`` about (cy, cx), with the
-        pixel-centre offsets from the centre as an (h, 1) column and a (1, w) row; None if it misses the image."""
+    def _box(self, cy: float, cx: float, extent: float) -> tuple[int, int, int, int] | None:
+        """Bounding box (y0, y1, x0, x1), clipped to the image, of the square of half-side ``extent`` about
+        (cy, cx); None if it misses the image."""
         side = self.image_size
         y0, y1 = max(int(cy - extent), 0), min(int(cy + extent) + 2, side)
         x0, x1 = max(int(cx - extent), 0), min(int(cx + extent) + 2, side)
         if y0 >= y1 or x0 >= x1:
             return None
-        return (y0, y1, x0, x1), self._centers[y0:y1, None] - cy, self._centers[None, x0:x1] - cx
+        return y0, y1, x0, x1
 
-    @staticmethod
-    def _rotate(dy: np.ndarray, dx: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
-        c, s = math.cos(angle), math.sin(angle)
-        return dx * c + dy * s, dy * c - dx * s
-
-    @staticmethod
-    def _paint(layers: np.ndarray, box: tuple[int, int, int, int], inside: np.ndarray, layer: int) -> None:
-        y0, y1, x0, x1 = box
-        np.putmask(layers[y0:y1, x0:x1], inside, layer)
-
-    def _draw_object(
-        self, layers: np.ndarray, layer: int, shape: int, label: int, side: float, p: np.ndarray, texture: int
+    def _object(
+        self, primitives: list[_Primitive], layer: int, shape: int, label: int, side: float, p: np.ndarray, texture: int
     ) -> ObjectSpec:
-        """Paint shape ``shape`` (an index into CLASS_NAMES) as ``layer``; ``label`` is its mask label."""
+        """Add shape ``shape`` (an index into CLASS_NAMES) as ``layer``; ``label`` is its mask label."""
         h = float(self.image_size)
         area = side * side
         angle = _TWO_PI * float(p[0])
@@ -508,43 +583,33 @@ class SyntheticShapes(Dataset):
         cx = margin + (h - 2 * margin) * float(p[3])
         spec = ObjectSpec(label, texture, (cy, cx), radius, angle, area, size_bucket(area, h * h))
 
-        frame = self._frame(cy, cx, radius)
-        if frame is None:
+        box = self._box(cy, cx, radius)
+        if box is None:
             return spec
-        box, dy, dx = frame
+        c, s = math.cos(angle), math.sin(angle)
         if shape == 1:
-            inside = dy * dy + dx * dx <= radius * radius
+            primitive = (ROUND, (cy, cx, 1.0, 0.0, radius * radius, -1.0, math.inf))
         elif shape == 4:
-            r2 = dy * dy + dx * dx
-            inside = (r2 <= radius * radius) & (r2 >= (rho * radius) ** 2)
+            primitive = (ROUND, (cy, cx, 1.0, 0.0, radius * radius, (rho * radius) ** 2, math.inf))
         elif shape == 6:
-            inside = self._star(dy, dx, angle, radius, rho * radius)
+            # The star's edge from the outer vertex (R, 0) to the inner vertex at angle π/5, as ρ cos(ψ − α) ≤ d.
+            inner = rho * radius
+            by, bx = inner * _SIN36, inner * _COS36
+            alpha = math.atan2(radius - bx, by)
+            d = radius * by / math.hypot(by, radius - bx)
+            primitive = (STAR, (cy, cx, c, s, angle, alpha, d))
+        elif shape == 2:  # max(|u|, |v|) ≤ R/√2 is |u| ≤ R/√2 and |v| ≤ R/√2, bit for bit
+            primitive = (BOX, (cy, cx, c, s, radius / math.sqrt(2), radius / math.sqrt(2)))
+        elif shape == 3:
+            primitive = (TRIANGLE, (cy, cx, c, s, -radius / 2, radius / 2))
+        elif shape == 5:
+            primitive = (CROSS, (cy, cx, c, s, beta * radius, radius))
         else:
-            u, v = self._rotate(dy, dx, angle)
-            au, av = np.abs(u), np.abs(v)
-            if shape == 2:
-                inside = np.maximum(au, av) <= radius / math.sqrt(2)
-            elif shape == 3:
-                inside = (v >= -radius / 2) & (0.5 * v + (math.sqrt(3) / 2) * au <= radius / 2)
-            elif shape == 5:
-                inside = (np.minimum(au, av) <= beta * radius) & (np.maximum(au, av) <= radius)
-            else:
-                inside = (au <= radius * math.cos(phi)) & (av <= radius * math.sin(phi))
-        self._paint(layers, box, inside, layer)
+            primitive = (BOX, (cy, cx, c, s, radius * math.cos(phi), radius * math.sin(phi)))
+        primitives.append((primitive[0], layer, box, primitive[1]))
         return spec
 
-    @staticmethod
-    def _star(dy: np.ndarray, dx: np.ndarray, angle: float, outer: float, inner: float) -> np.ndarray:
-        """Five-pointed star: fold the polar angle into [0, π/5] (0 = an outer vertex) and test against the edge
-        from the outer vertex (outer, 0) to the inner vertex at angle π/5, written as ρ cos(ψ − α) ≤ d."""
-        by, bx = inner * _SIN36, inner * _COS36
-        alpha = math.atan2(outer - bx, by)
-        d = outer * by / math.hypot(by, outer - bx)
-        psi = np.mod(np.arctan2(dy, dx) - angle, _TWO_PI / 5)
-        psi = np.minimum(psi, _TWO_PI / 5 - psi)
-        return np.hypot(dy, dx) * np.cos(psi - alpha) <= d
-
-    def _draw_clutter(self, layers: np.ndarray, layer: int, kind: int, side: float, p: np.ndarray) -> None:
+    def _clutter(self, primitives: list[_Primitive], layer: int, kind: int, side: float, p: np.ndarray) -> None:
         h = float(self.image_size)
         cy, cx, angle = h * float(p[0]), h * float(p[1]), _TWO_PI * float(p[2])
         if kind == 2:  # stroke: a 2-3 segment polyline, each segment a thin rectangle with square caps
@@ -553,34 +618,97 @@ class SyntheticShapes(Dataset):
             for s in range(2 + (p[4] < 0.5)):
                 length = side * (0.6 + 0.8 * float(p[5 + s]))
                 ey, ex = cy + length * math.sin(angle), cx + length * math.cos(angle)
-                frame = self._frame((cy + ey) / 2, (cx + ex) / 2, length / 2 + width)
-                if frame is not None:
-                    box, dy, dx = frame
-                    u, v = self._rotate(dy, dx, angle)
-                    self._paint(layers, box, (np.abs(u) <= length / 2 + half_w) & (np.abs(v) <= half_w), layer)
+                my, mx = (cy + ey) / 2, (cx + ex) / 2
+                box = self._box(my, mx, length / 2 + width)
+                if box is not None:
+                    values = (my, mx, math.cos(angle), math.sin(angle), length / 2 + half_w, half_w)
+                    primitives.append((BOX, layer, box, values))
                 cy, cx = ey, ex
                 angle += (0.3 + 0.5 * float(p[8 + s])) * math.pi * (1 if p[11] < 0.5 else -1)
             return
         radius = side / math.sqrt(math.pi)
-        frame = self._frame(cy, cx, 1.5 * radius)
-        if frame is None:
+        box = self._box(cy, cx, 1.5 * radius)
+        if box is None:
             return
-        box, dy, dx = frame
+        c, s = math.cos(angle), math.sin(angle)
         if kind == 0:  # blob: radius modulated by harmonics 2-5 (amplitudes sum ≤ 0.45), never a clean shape
-            phi = np.arctan2(dy, dx)
-            boundary = 1.0
-            for harmonic in range(2, 6):
-                amplitude = 0.1125 * float(p[harmonic + 1])
-                boundary = boundary + amplitude * np.cos(harmonic * phi + _TWO_PI * float(p[harmonic + 5]))
-            inside = np.hypot(dy, dx) <= radius * boundary
+            amplitudes = [0.1125 * float(p[harmonic + 1]) for harmonic in range(2, 6)]
+            phases = [_TWO_PI * float(p[harmonic + 5]) for harmonic in range(2, 6)]
+            primitives.append((BLOB, layer, box, (cy, cx, *amplitudes, *phases, radius)))
         elif kind == 1:  # arc: a partial thin ring, span 0.3π-0.9π
             outer = 1.2 * radius
             wall = max(1.0, outer * (0.08 + 0.12 * float(p[3])))
-            r2 = dy * dy + dx * dx
-            u, v = self._rotate(dy, dx, angle)
             half_span = math.pi * (0.15 + 0.3 * float(p[4]))
-            inside = (r2 <= outer * outer) & (r2 >= (outer - wall) ** 2) & (np.abs(np.arctan2(v, u)) <= half_span)
+            primitives.append((ARC, layer, box, (cy, cx, c, s, outer * outer, (outer - wall) ** 2, half_span)))
         else:  # disk segment: a disk cut by a chord at u ≤ cR, c ∈ [−0.5, 0.2] (≤ 60 % of the disk)
-            u, _ = self._rotate(dy, dx, angle)
-            inside = (dy * dy + dx * dx <= radius * radius) & (u <= radius * (-0.5 + 0.7 * float(p[3])))
-        self._paint(layers, box, inside, layer)
+            chord = radius * (-0.5 + 0.7 * float(p[3]))
+            primitives.append((ROUND, layer, box, (cy, cx, c, s, radius * radius, -1.0, chord)))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The NumPy rasteriser: each primitive writes its layer id into the layer map, inside its box only; _colour
+    # turns ids into pixels in one pass.
+
+    def rasterise(self, scene: Scene) -> np.ndarray:
+        """The layer map, int32 (H, W), of ``scene``: primitives in paint order, later layers occlude."""
+        side = self.image_size
+        layers = np.zeros((side, side), dtype=np.int32)
+        rows = zip(scene.kind.tolist(), scene.layer.tolist(), scene.box.tolist(), scene.params.tolist(), strict=True)
+        for kind, layer, (y0, y1, x0, x1), p in rows:
+            if kind == NONE:
+                continue
+            dy = self._centers[y0:y1, None] - p[0]  # float32 offsets of the pixel centres (p[] are Python floats)
+            dx = self._centers[None, x0:x1] - p[1]
+            np.putmask(layers[y0:y1, x0:x1], _inside(kind, p, dy, dx), layer)
+        return layers
+
+    def _colour(self, layers: np.ndarray, scene: Scene) -> np.ndarray:
+        """float32 (3, H, W) image from the layer map and each layer's texture id, texture offset and colours."""
+        side = self.image_size
+        base = scene.texture * self._tex_stride + scene.offset[:, 0] * (2 * side) + scene.offset[:, 1]
+        levels = self._bank[base.astype(np.int32)[layers] + self._pixel_offset]
+        # A 256-level colour table per layer turns colouring into one gather that lands in (3, H, W) directly.
+        c0, c1 = scene.colour[:, 0], scene.colour[:, 1]  # (layers, 3)
+        table = c0.T[:, :, None] + (c1 - c0).T[:, :, None] * self._levels  # (3, layers, 256)
+        table = table.astype(np.float32).reshape(3, -1)
+        key = layers * 256
+        key += levels
+        return np.take(table, key, axis=1)
+
+
+def _inside(kind: int, p: list[float], dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """A primitive's inside test on pixel-centre offsets ``dy`` (h, 1) and ``dx`` (1, w) from its centre, in
+    float32 (the parameters are Python floats, which NumPy applies at the array's precision), except the
+    background boundary's wave, in float64. ``ablations.data.render`` evaluates the same formulas in torch."""
+    c, s = p[2], p[3]
+    if kind == STAR:
+        psi = np.mod(np.arctan2(dy, dx) - p[4], _TWO_PI / 5)
+        psi = np.minimum(psi, _TWO_PI / 5 - psi)
+        return np.hypot(dy, dx) * np.cos(psi - p[5]) <= p[6]
+    if kind == BLOB:
+        phi = np.arctan2(dy, dx)
+        boundary = 1.0
+        for k, harmonic in enumerate(range(2, 6)):
+            boundary = boundary + p[2 + k] * np.cos(harmonic * phi + p[6 + k])
+        return np.hypot(dy, dx) <= p[10] * boundary
+    if kind == ROUND:
+        r2 = dy * dy + dx * dx
+        inside = r2 <= p[4]
+        if p[5] >= 0:
+            inside &= r2 >= p[5]
+        if p[6] < math.inf:
+            inside &= dx * c + dy * s <= p[6]
+        return inside
+    u, v = dx * c + dy * s, dy * c - dx * s  # the primitive's frame, rotated by its angle
+    if kind == WAVE:
+        return u > p[7] + p[4] * np.sin(v.astype(np.float64) * p[5] + p[6])
+    if kind == ARC:
+        r2 = dy * dy + dx * dx
+        return (r2 <= p[4]) & (r2 >= p[5]) & (np.abs(np.arctan2(v, u)) <= p[6])
+    au, av = np.abs(u), np.abs(v)
+    if kind == BOX:
+        return (au <= p[4]) & (av <= p[5])
+    if kind == TRIANGLE:
+        return (v >= p[4]) & (0.5 * v + (math.sqrt(3) / 2) * au <= p[5])
+    if kind == CROSS:
+        return (np.minimum(au, av) <= p[4]) & (np.maximum(au, av) <= p[5])
+    raise ValueError(f"primitive kind={kind!r}: allowed 1..{len(PRIMITIVE_KINDS) - 1} ({PRIMITIVE_KINDS[1:]})")
