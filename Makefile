@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 PROFILE ?= quick
 
-.PHONY: install test test-fast reliability lint format describe train bench bench-gpu bench-lightning clean sweep sweep-all report
+.PHONY: install wheels test test-fast reliability lint format describe train bench bench-gpu gpu-check bench-lightning clean sweep sweep-all report
 
 # Sweeps: one target per study file in sweeps/ (make sweep-multigrid, make sweep-output_stride, …).
 # PROFILE=paper DATA=voc DATA_ROOT=/data/voc STORAGE=postgresql://… WORKERS=4 SEEDS=0,1,2 ARGS="--set …"
@@ -17,13 +17,44 @@ SWEEP_FLAGS = $(if $(filter command line environment,$(origin PROFILE)),--profil
 	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
+# Offline GPU nodes (README). WHEELS=DIR installs from that folder of wheels alone (pip --no-index --find-links DIR).
+# SYSTEM_TORCH=1 builds the venv on $(PYTHON)'s own torch and torchvision (--system-site-packages), pinned to the
+# installed versions so pip installs only what is missing. Both together: make install SYSTEM_TORCH=1 WHEELS=DIR.
+WHEELS       ?=
+SYSTEM_TORCH ?=
+SYSTEM       := $(filter 1 yes true,$(SYSTEM_TORCH))
+PIP_FROM     := $(if $(WHEELS),--no-index --find-links $(abspath $(WHEELS)))
+SYSTEM_PINS  := $(VENV)/system-torch.txt
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(if $(SYSTEM),--system-site-packages) $(VENV)
+ifneq ($(SYSTEM),)
+	@grep -q '^include-system-site-packages = true' $(VENV)/pyvenv.cfg || \
+		{ echo "$(VENV) does not see the system's packages: make clean, then make install SYSTEM_TORCH=1"; exit 2; }
+endif
+	$(BIN)/python -m pip install $(PIP_FROM) --upgrade pip
+ifneq ($(SYSTEM),)
+	$(BIN)/python scripts/wheels.py pins torch torchvision > $(SYSTEM_PINS)
+endif
+	$(BIN)/python -m pip install $(PIP_FROM) $(if $(SYSTEM),--constraint $(SYSTEM_PINS)) -e '.[dev]'
 	touch $(STAMP)
+
+# The wheel folder for make install WHEELS=DIR, built on a machine with a network: make wheels WHEELS=DIR. With
+# SYSTEM_TORCH=1 it leaves out torch, torchvision, triton and the CUDA wheels (and what only they need); name more in
+# WHEELS_EXCLUDE (globs), e.g. WHEELS_EXCLUDE="lightning pytorch-lightning" for a node that has Lightning. For a node
+# unlike this machine: PLATFORM=manylinux_2_28_x86_64 (its glibc and CPU; the older manylinux tags follow) PYVER=3.12
+# (its Python; pip still reads dependency markers on the Python that runs it, so PYTHON=python3.12 fits a 3.12 node
+# best). Wheels only, so the node needs no compiler.
+WHEELS_EXCLUDE ?=
+PLATFORM       ?=
+PYVER          ?=
+TORCH_WHEELS   := torch torchvision torchaudio triton nvidia-* cuda-*
+wheels:
+	@test -n "$(WHEELS)" || { echo "make wheels WHEELS=DIR [SYSTEM_TORCH=1] [PLATFORM=…] [PYVER=…]"; exit 2; }
+	$(PYTHON) scripts/wheels.py download $(WHEELS) $(foreach p,$(if $(SYSTEM),$(TORCH_WHEELS)) $(WHEELS_EXCLUDE),\
+		--exclude '$(p)') $(if $(PLATFORM),--platform '$(PLATFORM)') $(if $(PYVER),--python-version $(PYVER))
 
 # The test command the README names and CI runs: lint, format check, then the CPU test suite.
 test: $(STAMP)
@@ -73,6 +104,15 @@ bench-gpu: $(STAMP)
 	$(BIN)/ablations bench --device cuda --standard --peers --fast --batch-sizes 1,8 $(ARGS) --out reports/bench-gpu.md
 	$(BIN)/ablations bench --device cuda --profile paper --mode train --fast --batch-sizes 8 $(ARGS) \
 		--out reports/bench-gpu-train.md
+
+# Every GPU figure the project lacks, within a wall-time budget (ablations/gpucheck.py): a trimmed bench-gpu (ours vs
+# the peers, train and infer, plain vs bf16 + channels-last, batch 8, 513²), the faithful trial, then as much of the
+# faithful multigrid sweep as fits; the same command continues it. make gpu-check BUDGET=540 OUT=reports/gpu-check
+# ARGS="--device cpu --tiny" for the whole path at toy sizes on a CPU.
+BUDGET ?= 540
+OUT    ?= runs/gpu-check
+gpu-check: $(STAMP)
+	$(BIN)/ablations gpu-check --out $(OUT) --budget-s $(BUDGET) $(ARGS)
 
 bench-lightning: $(STAMP)
 	$(BIN)/python benchmarks/lightning_overhead.py --profile $(PROFILE)

@@ -114,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="refuse to run when the crop makes a studied conv degenerate"
     )
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
+    check = commands.add_parser(
+        "gpu-check", help="every missing GPU figure within a time budget: bench vs peers, a faithful trial, the sweep"
+    )
+    check.add_argument("--out", metavar="DIR", default="runs/gpu-check", help="outputs (default: runs/gpu-check)")
+    check.add_argument("--budget-s", type=float, default=540.0, metavar="S", help="wall-time budget (default 540)")
+    check.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    check.add_argument("--tiny", action="store_true", help="toy sizes: the whole path in seconds on a CPU (CI)")
+    check.add_argument("--no-bench", action="store_true", help="skip the bench (spend the budget on the sweep)")
     report = commands.add_parser(
         "report", help="every study's trials → reports/: verdict tables, the papers beside ours, geometry, figures"
     )
@@ -172,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "gpu-check":
+        return _gpu_check(args)
     if args.command == "evaluate":
         return _evaluate(args)
     try:
@@ -214,6 +224,10 @@ def _train(
     except CheckpointWriteError as error:  # not bad input: the run stopped; its last whole checkpoint is kept
         print(f"ablations: error: {error}", file=sys.stderr)
         return 1
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # another DDP rank: rank 0 reports the run (and alone wrote its files)
+        return 0
     print(
         f"val/mIoU {metrics['val/mIoU']:.4f} (best at step {metrics['best_step']}), "
         f"{metrics.get('train/images_per_s', float('nan')):.1f} training images/s on {metrics['device']}, "
@@ -423,6 +437,25 @@ def _sweep_report(study, name: str, url: str, out_dir: Path) -> None:
         print(f"report: not written ({error})")
         return
     print(f"report: {out_dir / 'report' / (name + '.md')} (`make report` adds it to reports/ with the others)")
+
+
+def _gpu_check(args: argparse.Namespace) -> int:
+    from ablations.gpucheck import GpuCheckError, run_gpu_check
+    from ablations.study import StudyError
+    from ablations.sweep import SweepError
+
+    try:
+        check_writable_dir("--out", args.out, ConfigError)
+        run_gpu_check(
+            args.out, budget_s=args.budget_s, device=args.device, tiny=args.tiny, bench=not args.no_bench,
+            printer=lambda line: print(line, flush=True),
+        )  # fmt: skip
+    except (GpuCheckError, ConfigError, StudyError, SweepError) as error:
+        return _error(error)
+    except (KeyboardInterrupt, SystemExit):
+        print("\nablations: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
