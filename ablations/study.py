@@ -528,6 +528,13 @@ def run_metrics(config: ExperimentConfig) -> set[str]:
         names.INFER_LATENCY_MS,
         names.INFER_PEAK_MB,
         names.INFER_MACS,
+        names.TRAIN_TIME_S,
+        names.OVERHEAD_S,
+        names.DATA_WAIT_S,
+        names.DATA_WAIT_SHARE,
+        names.TRIAL_S,
+        names.TRIAL_OVERHEAD_S,
+        names.TRIAL_OVERHEAD_SHARE,
     }
     data = config.data
     if data.name == "synthetic":

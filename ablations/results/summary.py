@@ -41,7 +41,9 @@ def format_table(study, result: dict[str, Any], *, study_name: str, geometry: An
         lines.append(tables.VERDICT_RULE)
         lines.append(
             "train/infer img/s (trial): each trial's own figures, taken minutes apart (a record, not a comparison; "
-            "`ablations report --bench` times the arms interleaved); GMACs: one training-stride forward pass."
+            "`ablations report --bench` times the arms interleaved); overhead: each trial's time outside its optimiser "
+            "steps (setup, W&B, validation, checkpoints, inference figures) over its optimiser-step time, seed mean; "
+            "GMACs: one training-stride forward pass."
         )
     else:
         lines.append(

@@ -76,7 +76,8 @@ def arm_frame(df: pd.DataFrame, arms: Sequence[str] | None = None, metric: str =
             "min": float(v.min()) if len(v) else math.nan,
             "max": float(v.max()) if len(v) else math.nan,
         }
-        for column in (*names.SIZE_MIOUS, names.TRAIN_IPS, names.INFER_IPS, names.MACS, names.PARAMS):
+        columns = (*names.SIZE_MIOUS, names.TRAIN_IPS, names.INFER_IPS, names.MACS, names.PARAMS)
+        for column in (*columns, names.TRIAL_OVERHEAD_SHARE):
             series = pd.to_numeric(done[column], errors="coerce") if column in done else pd.Series(dtype=float)
             row[column] = float(series.mean()) if series.notna().any() else math.nan
         rows.append(row)
@@ -214,6 +215,9 @@ def study_frame(
         else:
             row["train img/s (trial)"] = fmt_num(r[names.TRAIN_IPS], ".1f")
             row["infer img/s (trial)"] = fmt_num(r[names.INFER_IPS], ".1f")
+        if short:  # the sweep's own table: how much of each trial was not training (issue 16: ≤ 10 %)
+            share = r.get(names.TRIAL_OVERHEAD_SHARE, math.nan)
+            row["overhead"] = "—" if math.isnan(share) else f"{share:.0%}"
         row["GMACs"] = fmt_num(r[names.MACS] / 1e9 if not math.isnan(r[names.MACS]) else math.nan, ".3f")
         row["params (M)"] = fmt_num(r[names.PARAMS] / 1e6 if not math.isnan(r[names.PARAMS]) else math.nan, ".2f")
         if geometry is not None:

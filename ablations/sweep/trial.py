@@ -154,6 +154,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     from ablations.config import ConfigError
     from ablations.train import train
 
+    begun = time.perf_counter()  # the trial's own clock: its overhead is everything but the optimiser steps
     tid = board.trial_id(trial.number)
     storage = board.storage
     arm, seed, params = _suggest(study, trial)
@@ -237,6 +238,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     kept.update(_inference_figures(config))
     kept.update({k: v for k, v in metrics.items() if k.startswith("val/IoU/")})
     kept.update(stats)
+    kept.update(trial_overhead(time.perf_counter() - begun, metrics.get(names.TRAIN_TIME_S)))
     storage.set_trial_user_attr(tid, "metrics", json_safe(kept))
     values = [metrics.get(o.metric, kept.get(o.metric)) for o in study.objectives]
     if any(not isinstance(v, int | float) or not math.isfinite(v) for v in values):
@@ -247,12 +249,23 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     board.study.tell(trial, values=[float(v) for v in values])
     shown = ", ".join(f"{o.metric} {v:.4f}" for o, v in zip(study.objectives, values, strict=True))
     ips = metrics.get(names.TRAIN_IPS)
+    share = kept.get(names.TRIAL_OVERHEAD_SHARE)
     progress.line(
         f"trial {trial.number} {label} seed {seed}: {shown}"
         + (f", {ips:.1f} img/s" if isinstance(ips, float) else "")
         + f", {time.time() - started:.0f} s"
+        + (f" (overhead {kept[names.TRIAL_OVERHEAD_S]:.1f} s, {share:.0%} of training)" if share is not None else "")
     )
     return "COMPLETE"
+
+
+def trial_overhead(trial_s: float, train_s: float | None) -> dict[str, float]:
+    """The trial's time outside its optimiser steps (config, statistics, the training run's setup, W&B,
+    validation, checkpoints, the inference figures) and its share of the training time."""
+    if not isinstance(train_s, int | float) or not train_s > 0:
+        return {names.TRIAL_S: trial_s}
+    overhead = max(0.0, trial_s - train_s)
+    return {names.TRIAL_S: trial_s, names.TRIAL_OVERHEAD_S: overhead, names.TRIAL_OVERHEAD_SHARE: overhead / train_s}
 
 
 class TrialProcessError(RuntimeError):
@@ -294,8 +307,11 @@ def _inference_figures(config) -> dict[str, Any]:
     never fatal: the trained result stands."""
     from ablations.bench import inference_figures
 
+    # A record beside the result, not a comparison (``ablations report --bench`` times arms interleaved): on a CPU,
+    # where a forward pass takes tens of milliseconds, a few steps keep it a small part of the trial.
+    counts = {} if config.train.uses_gpu() else {"warmup": 2, "iters": 5}
     try:
-        return inference_figures(config)
+        return inference_figures(config, **counts)
     except Exception as error:  # a measurement, not the result
         return {names.INFER_ERROR: f"{type(error).__name__}: {str(error)[:200]}"}
     finally:
