@@ -43,7 +43,9 @@ def boundary_band(masks: torch.Tensor, width: int) -> torch.Tensor:
     inverse = (~masks).float().unsqueeze(1)
     # Erosion of the mask = complement of the dilation of its complement; outside the image counts as outside.
     padded = F.pad(inverse, (width, width, width, width), value=1.0)
-    dilated = F.max_pool2d(padded, 2 * width + 1, stride=1).squeeze(1) > 0
+    # A square window's maximum is the maximum of its rows' maxima: two 1-D passes, the same result as one 2-D one.
+    rows = F.max_pool2d(padded, (1, 2 * width + 1), stride=1)
+    dilated = F.max_pool2d(rows, (2 * width + 1, 1), stride=1).squeeze(1) > 0
     return masks & dilated
 
 
@@ -65,20 +67,24 @@ class SegmentationMetrics(Metric):
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, size: torch.Tensor | None = None) -> None:
         """``pred``, ``target``: ``(B, H, W)`` class indices; ``size``: ``(B, H, W)`` size buckets or None."""
-        self.confusion += confusion_matrix(pred, target, self.num_classes)
+        batch = confusion_matrix(pred, target, self.num_classes)
+        self.confusion += batch
         if self.size_buckets and size is not None:
-            for bucket in range(1, len(SIZE_BUCKETS)):
-                other_objects = (size != 0) & (size != bucket)
-                self.buckets[bucket] += confusion_matrix(
-                    pred, target.masked_fill(other_objects, IGNORE_INDEX), self.num_classes
-                )
-        self._update_boundary(pred, target)
+            # Bucket b counts the background (size 0) and the objects of bucket b, the other objects ignored: one
+            # confusion matrix per size value in one bincount, then background + bucket.
+            valid = target != IGNORE_INDEX
+            k = self.num_classes
+            index = (size[valid].long() * k + target[valid].long()) * k + pred[valid].long()
+            by_size = torch.bincount(index, minlength=len(SIZE_BUCKETS) * k * k).reshape(-1, k, k)
+            self.buckets[1:] += by_size[0] + by_size[1 : len(SIZE_BUCKETS)]
+        # The classes present in the ground truth or the prediction (labelled pixels), read off the batch's matrix.
+        present = torch.nonzero(batch.sum(0) + batch.sum(1)).flatten()
+        self._update_boundary(pred, target, present)
 
-    def _update_boundary(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def _update_boundary(self, pred: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> None:
         height, width = target.shape[-2:]
         band = max(1, round(0.02 * math.hypot(height, width)))
         valid = target != IGNORE_INDEX
-        present = torch.unique(torch.cat([target[valid], pred[valid]]))
         for c in present.tolist():
             gt = boundary_band((target == c) & valid, band) & valid
             pr = boundary_band((pred == c) & valid, band) & valid

@@ -100,3 +100,27 @@ def test_poly_schedule():
     assert poly_schedule(50, max_steps=100, power=0.9) == pytest.approx(0.5**0.9)
     assert poly_schedule(100, max_steps=100, power=0.9) == 0.0
     assert [poly_schedule(s, max_steps=100, power=0.9, warmup_steps=4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_size_buckets_and_boundary_bands_equal_their_definitions_on_random_maps():
+    """Bucket b's matrix is the confusion over the background and bucket b's objects (other objects ignored); the
+    band is the mask minus its erosion by a (2w+1)² square (computed in two 1-D passes)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    for k, h in ((2, 17), (4, 40), (8, 65)):
+        target = torch.randint(0, k, (3, h, h), generator=g)
+        target[torch.rand(3, h, h, generator=g) < 0.1] = 255
+        pred = torch.randint(0, k, (3, h, h), generator=g)
+        size = torch.randint(0, 4, (3, h, h), generator=g).to(torch.uint8)
+        metrics = SegmentationMetrics(k, size_buckets=True)
+        metrics.update(pred, target, size)
+        for bucket in (1, 2, 3):
+            other = (size != 0) & (size != bucket)
+            expected = confusion_matrix(pred, target.masked_fill(other, 255), k)
+            assert torch.equal(metrics.buckets[bucket], expected)
+        masks = target == 1
+        for width in (1, 3):
+            padded = F.pad((~masks).float().unsqueeze(1), (width,) * 4, value=1.0)
+            square = F.max_pool2d(padded, 2 * width + 1, stride=1).squeeze(1) > 0
+            assert torch.equal(boundary_band(masks, width), masks & square)

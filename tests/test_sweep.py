@@ -96,6 +96,11 @@ def test_grid_sweep_runs_every_arm_and_seed_once_and_prints_the_table(workdir, c
         assert metrics["infer/images_per_s"] > 0 and metrics["infer/macs"] == metrics["macs"]
         assert metrics["precision"] == "32-true" and metrics["channels_last"] is False
         assert metrics["receptive_field"] > 0
+        # Where the trial's time went: its own clock holds the training run's optimiser steps and the rest.
+        assert 0 < metrics["train_time_s"] < metrics["wall_time_s"] < metrics["trial_time_s"]
+        assert metrics["trial_overhead_s"] == pytest.approx(metrics["trial_time_s"] - metrics["train_time_s"])
+        assert metrics["trial_overhead_share"] == pytest.approx(metrics["trial_overhead_s"] / metrics["train_time_s"])
+        assert metrics["overhead_s"] <= metrics["trial_overhead_s"] and 0 <= metrics["data_wait_share"] < 1
         assert t.user_attrs["config"]["backbone"]["multi_grid"] == list(ast.literal_eval(t.user_attrs["arm"]))
         assert t.user_attrs["config"]["train"]["seed"] == t.user_attrs["seed"]
         run_dir = Path(t.user_attrs["run_dir"])
@@ -113,6 +118,11 @@ def test_grid_sweep_runs_every_arm_and_seed_once_and_prints_the_table(workdir, c
     assert "[tiny 4/4 done" in printed and "trial 3: multi_grid = (1,2,4), seed 1" in printed
     table = printed[printed.index("tiny: multi_grid") :]
     assert "(1,1,1)" in table and "(1,2,4)" in table and " ± " in table
+    assert "overhead" in table.splitlines()[0] and "% of training)" in printed  # the table's column, the lines'
+    # The architecture statistics and inference figures of an arm are measured once per worker: seed 1 reuses them.
+    by_key = {(t.user_attrs["arm"], t.user_attrs["seed"]): t.user_attrs["metrics"] for t in study.get_trials()}
+    for arm in ("(1,1,1)", "(1,2,4)"):
+        assert by_key[(arm, 1)]["infer/images_per_s"] == by_key[(arm, 0)]["infer/images_per_s"]
     assert (out_dir / "summary.md").is_file() and (out_dir / "summary.json").is_file()
     # Two seeds resolve nothing: the table says so and names no best arm; the study's report is written.
     assert "no arm is resolved best" in table and "inconclusive" in table and "(best)" not in table

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ablations.config import ConfigError, ExperimentConfig
 from ablations.data import IGNORE_INDEX
+from ablations.data.synthetic import ITEMS, SyntheticShapes
 from ablations.data.transforms import apply_scale_crop_flip, pad_to, random_scale_crop_flip, scale_crop_flip_draws
 
 
@@ -126,8 +127,26 @@ class Transformed(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         if isinstance(item, tuple):
             index, seed = item
-            return self.transform(self.dataset[index], generator=torch.Generator().manual_seed(seed))
+            key = self._cache_key(index, seed)
+            cached = ITEMS.get(key) if key is not None else None
+            if cached is not None:
+                return dict(cached)
+            sample = self.transform(self.dataset[index], generator=torch.Generator().manual_seed(seed))
+            if key is not None:
+                ITEMS.put(key, sample)
+                return dict(sample)
+            return sample
         return self.transform(self.dataset[item])
+
+    def _cache_key(self, index: int, seed: int) -> tuple | None:
+        """A seeded training sample is a pure function of the item, the seed and the recipe: a sweep's arms with
+        the same training seed draw the same stream, so on the embedded benchmark it is kept in the process's item
+        cache (``ablations.data.synthetic.ITEMS``) and the next arm reuses it instead of rendering and augmenting
+        it again. Real datasets are read afresh (their files may change under a long sweep)."""
+        if not isinstance(self.dataset, SyntheticShapes) or not isinstance(self.transform, functools.partial):
+            return None
+        recipe = (self.transform.func.__qualname__, tuple(sorted(self.transform.keywords.items())))
+        return (repr(self.dataset), int(index), "train", int(seed), repr(recipe))
 
 
 def training_sample(

@@ -118,8 +118,12 @@ rasteriser lives apart (``ablations.data.render``) but reads the same primitive 
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -259,6 +263,7 @@ def _frequency(rng: np.random.Generator, low: float, high: float) -> tuple[int, 
     return (fy, fx) if (fy, fx) != (0, 0) else (0, max(1, round(norm)))
 
 
+@functools.lru_cache(maxsize=8)  # a sweep builds the same datasets once per trial; callers copy (np.tile)
 def texture_bank(seed: int, size: int, count: int) -> np.ndarray:
     """``count`` periodic greyscale textures, float32 (count, size, size) in [0, 1], deterministic from ``seed``."""
     rng = np.random.default_rng([seed, 0x7E47])
@@ -292,11 +297,78 @@ def texture_bank(seed: int, size: int, count: int) -> np.ndarray:
         if family == 0:
             tex = 0.5 + 0.15 * (tex - 0.5)
         bank[k] = tex
+    bank.setflags(write=False)  # shared by every dataset of this seed and size (the cache above)
     return bank
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The dataset
+
+
+class ItemCache:
+    """Rendered items kept in memory across the datasets of one process, keyed by the dataset's parameters (its
+    ``repr``) and the index: an item is a pure function of both, so a sweep's trials (which build a new dataset
+    each, with the same data config) render each item once. Least recently used items go first beyond
+    ``ABLATIONS_ITEM_CACHE_MB`` (default 1024; 0 turns the cache off). Callers get a new dict of the same
+    tensors, which nothing downstream writes to (the transforms and the collate make new tensors)."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple, dict] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def budget() -> int:
+        text = os.environ.get("ABLATIONS_ITEM_CACHE_MB", "1024")
+        try:
+            return max(0, int(float(text) * 2**20))
+        except ValueError:
+            raise ValueError(f"ABLATIONS_ITEM_CACHE_MB={text!r}: allowed a number of MiB ≥ 0 (0 = off)") from None
+
+    def get(self, key: tuple) -> dict[str, torch.Tensor] | None:
+        if not self.budget():  # off: everything is rendered afresh
+            return None
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+        if item is None:
+            return None
+        # Label maps are kept as uint8 (an eighth of int64's bytes) and handed back in the type they came in.
+        return {k: v.to(torch.int64) if k in item.get(_WIDE, ()) else v for k, v in item.items() if k != _WIDE}
+
+    def put(self, key: tuple, item: dict[str, torch.Tensor]) -> None:
+        budget = self.budget()
+        wide = tuple(
+            k
+            for k, v in item.items()
+            if v.dtype == torch.int64 and v.numel() and 0 <= int(v.min()) <= int(v.max()) < 256
+        )
+        item = {k: v.to(torch.uint8) if k in wide else v for k, v in item.items()}
+        size = sum(t.numel() * t.element_size() for t in item.values())
+        item[_WIDE] = wide
+        if size > budget:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = item
+            self._bytes += size
+            while self._bytes > budget:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= sum(t.numel() * t.element_size() for k, t in old.items() if k != _WIDE)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_WIDE = "__int64__"  # the keys of an item's label maps that were int64 before the cache narrowed them
+ITEMS = ItemCache()
 
 
 def _check_int(name: str, value: object, minimum: int, allowed: str) -> int:
@@ -352,6 +424,7 @@ class SyntheticShapes(Dataset):
         unknown = [name for name in shapes if name not in CLASS_NAMES[1:]]
         if not shapes or unknown or len(set(shapes)) != len(shapes):
             raise ValueError(f"shapes={list(shapes)!r}: distinct names from {list(CLASS_NAMES[1:])}")
+        self.shapes = shapes
         self._shape_ids = np.array([CLASS_NAMES.index(name) for name in shapes], dtype=np.int64)
         # class_by="size": an object's label is its size bucket, not its shape (same images, same random stream).
         # A pixel deep inside a large object then needs context as wide as the object to be named, at any shape.
@@ -382,7 +455,7 @@ class SyntheticShapes(Dataset):
             f"SyntheticShapes(split={self.split!r}, num_samples={self.num_samples}, image_size={self.image_size}, "
             f"seed={self.seed}, max_objects={self.max_objects}, max_distractors={self.max_distractors}, "
             f"num_textures={self.num_textures}, background_contrast={self.background_contrast}, "
-            f"foreground_cue={self.foreground_cue}, class_by={self.class_by!r})"
+            f"foreground_cue={self.foreground_cue}, shapes={self.shapes!r}, class_by={self.class_by!r})"
         )
 
     @property
@@ -397,13 +470,20 @@ class SyntheticShapes(Dataset):
         return 2 + self.max_distractors + self.max_objects
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = self._check_index(index)
+        key = (repr(self), index)
+        cached = ITEMS.get(key)
+        if cached is not None:
+            return dict(cached)
         scene = self.scene(index)
         layers = self.rasterise(scene)
-        return {
+        item = {
             "image": torch.from_numpy(self._colour(layers, scene)),
             "mask": torch.from_numpy(scene.label[layers]),
             "size": torch.from_numpy(scene.bucket[layers]),
         }
+        ITEMS.put(key, item)
+        return dict(item)
 
     def render(self, index: int) -> SyntheticSample:
         """The item plus an instance map and every object's parameters, for per-object analysis and tests."""

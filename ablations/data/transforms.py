@@ -23,6 +23,8 @@ device (the same ``F.interpolate`` call per image) and to rounding across device
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -77,11 +79,16 @@ def _nearest_index(size_in: int, size_out: int, device: torch.device | str | Non
     return index if device is None else index.to(device)
 
 
+@functools.lru_cache(maxsize=1024)  # a training run asks for a few hundred (size in, size out) pairs, over and over
+def _cpu_nearest_index(size_in: int, size_out: int) -> torch.Tensor:
+    return _nearest_index(size_in, size_out)  # read only: index_select never writes to its index
+
+
 def _resize(sample: dict, image: torch.Tensor, keys: list[str], size: tuple[int, int]) -> dict:
     out = dict(sample)
     out["image"] = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
-    rows = _nearest_index(image.shape[-2], size[0])
-    cols = _nearest_index(image.shape[-1], size[1])
+    rows = _cpu_nearest_index(image.shape[-2], size[0])
+    cols = _cpu_nearest_index(image.shape[-1], size[1])
     for key in keys:
         out[key] = sample[key].index_select(0, rows).index_select(1, cols)
     return out

@@ -194,7 +194,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
         callbacks.append(_pruning_callback(trial, study.objectives[0].metric))
     started = time.time()
     try:
-        stats = trial_stats(config)
+        stats = _per_arm("stats", config, trial_stats)
         storage.set_trial_user_attr(tid, "stats", stats)
         extra = {
             "study": board.name,
@@ -235,7 +235,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     if metrics.get("out_dir") and metrics["out_dir"] != str(run_dir):  # the old folder could not be resumed
         storage.set_trial_user_attr(tid, "run_dir", metrics["out_dir"])
     kept = {k: metrics[k] for k in names.KEPT_METRICS if k in metrics}  # the rest stays in the run folder
-    kept.update(_inference_figures(config))
+    kept.update(_per_arm("inference", config, _inference_figures))
     kept.update({k: v for k, v in metrics.items() if k.startswith("val/IoU/")})
     kept.update(stats)
     kept.update(trial_overhead(time.perf_counter() - begun, metrics.get(names.TRAIN_TIME_S)))
@@ -300,6 +300,23 @@ def train_in_subprocess(config, run_dir: Path, *, name: str, group: str, wandb_e
             raise DivergedError(tail.split("training diverged", 1)[1].splitlines()[0].strip(": "))
         raise TrialProcessError(message + "\n" + tail)
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+_ARM_FIGURES: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _per_arm(what: str, config, measure) -> dict[str, Any]:
+    """``measure(config)``, once per worker process for each config up to its seed: the architecture statistics
+    and the inference figures of an arm do not depend on the training seed, and its other seeds reuse them."""
+    data = config.to_dict()
+    data["train"] = {k: v for k, v in data["train"].items() if k != "seed"}
+    key = (what, json.dumps(json_safe(data), sort_keys=True, default=str))
+    if key not in _ARM_FIGURES:
+        figures = measure(config)
+        if names.INFER_ERROR in figures:  # a failed measurement is retried by the next seed
+            return figures
+        _ARM_FIGURES[key] = figures
+    return dict(_ARM_FIGURES[key])
 
 
 def _inference_figures(config) -> dict[str, Any]:
