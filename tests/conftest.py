@@ -72,3 +72,16 @@ def geometry_once_per_study():
         patch.setattr(geometry, "study_geometry", once)  # startup_warnings and results.summary look it up here
         patch.setattr(build, "study_geometry", once)
         yield once
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A run folder for sweep tests: the working directory, W&B offline and quiet, no injected fault."""
+    from ablations.faults import ENV
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv(ENV, raising=False)  # no injected fault unless a test asks for one
+    return tmp_path

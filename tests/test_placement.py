@@ -14,7 +14,6 @@ import pytest
 from optuna.trial import TrialState
 
 from ablations.checkpoints import RESUME_IGNORES
-from ablations.faults import ENV
 from ablations.study import LOADER_WORKERS_ENV, load_study
 from ablations.sweep import workers as workers_module
 from ablations.sweep.placement import (
@@ -31,15 +30,9 @@ from tests.test_sweep import complete_keys, stored, write_study
 ARMS = ("(1,1,1)", "(1,2,4)")
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_DIR", raising=False)
-    monkeypatch.delenv(ENV, raising=False)  # no injected fault
+@pytest.fixture(autouse=True)
+def _no_inherited_loader_share(monkeypatch):
     monkeypatch.delenv(LOADER_WORKERS_ENV, raising=False)
-    return tmp_path
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ DATA_WAIT_S = "data_wait_s"
 DATA_WAIT_SHARE = "data_wait_share"
 # A sweep trial's own clock, from its claim to its recorded metrics (the training run inside it, plus the config,
 # the statistics and the inference figures), the part of it outside the optimiser steps, and that part over the
-# optimiser-step time (the issue-16 target: ≤ 0.10).
+# optimiser-step time (the target: ≤ 0.10).
 TRIAL_S = "trial_time_s"
 TRIAL_OVERHEAD_S = "trial_overhead_s"
 TRIAL_OVERHEAD_SHARE = "trial_overhead_share"

@@ -215,7 +215,7 @@ def study_frame(
         else:
             row["train img/s (trial)"] = fmt_num(r[names.TRAIN_IPS], ".1f")
             row["infer img/s (trial)"] = fmt_num(r[names.INFER_IPS], ".1f")
-        if short:  # the sweep's own table: how much of each trial was not training (issue 16: ≤ 10 %)
+        if short:  # the sweep's own table: how much of each trial was not training (target: ≤ 10 %)
             share = r.get(names.TRIAL_OVERHEAD_SHARE, math.nan)
             row["overhead"] = "—" if math.isnan(share) else f"{share:.0%}"
         row["GMACs"] = fmt_num(r[names.MACS] / 1e9 if not math.isnan(r[names.MACS]) else math.nan, ".3f")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sweep import postgres, workdir  # noqa: F401  (the sweep tests' fixtures, shared)
+from tests.test_sweep import postgres  # noqa: F401  (the sweep tests' fixture, shared; workdir is tests/conftest.py's)
 
 ROWS = "ABLATIONS_RELIABILITY_ROWS"  # a JSON-lines file the rows are appended to (make reliability sets it)
 
