@@ -155,7 +155,6 @@ def bench_part(device: str, *, tiny: bool, printer: Callable[[str], None]) -> di
     import torch
 
     from ablations import bench
-    from ablations.config import load_config
 
     dev = torch.device(device)
     counts = {"warmup": 1, "iters": 1, "repeats": 1} if tiny else {"warmup": 5, "iters": 10, "repeats": 3}
@@ -164,22 +163,15 @@ def bench_part(device: str, *, tiny: bool, printer: Callable[[str], None]) -> di
     for mode in ("train", "infer"):
         plain = bench.Method(mode=mode, precision="fp32", **counts)
         methods += [plain, bench.fast_method(plain, dev)]
-    peers = list(bench.PEERS)[:1] if tiny else list(bench.PEERS)
-    rows: list[dict[str, Any]] = []
-    ratios: list[dict[str, Any]] = []
-    classes = 21
-    for peer in peers:
-        ours = load_config(None, [*bench.PEERS[peer].items(), ("head.num_classes", classes)])  # the peer's network
-        entries = []
-        for m in methods:
-            entries.append((f"ours ≡ {peer}", lambda c=ours: bench.build_ours(c), m))
-            entries.append((peer, lambda p=peer: bench.build_peer(p, classes), m))
-        group = bench.bench_models(entries, device=dev, input_size=size, batch_size=batch, num_classes=classes)
-        for row in group:
-            printer("  " + bench.format_row(row))
-        rows += group
-        ratios += [bench.peer_ratio(group[i], group[i + 1]) for i in range(0, len(group), 2)]
-    result = {"environment": bench.environment(dev), "rows": rows, "peer_ratios": ratios}
+    result = bench.run(
+        [],
+        device=dev,
+        input_size=size,
+        batch_sizes=[batch],
+        methods=methods,
+        peers=list(bench.PEERS)[:1] if tiny else True,
+        printer=lambda line: printer("  " + line),
+    )
     result["input_size"] = list(size)
     result["batch_size"] = batch
     result["methods"] = [dataclasses.asdict(m) for m in methods]

@@ -148,11 +148,12 @@ def run(
     input_size: tuple[int, int],
     batch_sizes: Sequence[int],
     methods: Sequence[Method],
-    peers: bool = False,
+    peers: bool | Sequence[str] = False,
     printer: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Bench every config under every method (interleaved, see :func:`bench_models`) and, with ``peers``, every
-    peer interleaved with its equivalent config of ours; returns ``{"environment", "rows", "peer_ratios"}``."""
+    """Bench every config under every method (interleaved, see :func:`bench_models`) and, with ``peers`` (True:
+    all of :data:`PEERS`; or the names of some), every peer interleaved with its equivalent config of ours;
+    returns ``{"environment", "rows", "peer_ratios"}``."""
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
     groups: list[tuple[list[tuple[str, Callable[[], nn.Module], Method]], int, str | None]] = []
@@ -161,7 +162,8 @@ def run(
         groups.append(([(label, build, m) for m in methods], config.head.num_classes, None))
     if peers:
         classes = 21
-        for peer, overrides in PEERS.items():
+        for peer in list(PEERS) if peers is True else peers:
+            overrides = PEERS[peer]
             ours = load_config(None, [*overrides.items(), ("head.num_classes", classes)])
             entries = []
             for m in methods:
