@@ -1,21 +1,18 @@
-"""The ``ablations`` command. Bad input exits with status 2 and one line on stderr, never a traceback.
-
-Why one file of ~450 lines: the argument parser of every subcommand and the thin handlers that map each
-subcommand's errors to its exit status; the work itself lives in the modules the handlers call."""
+"""The ``ablations`` command: parses the arguments of each subcommand and hands them to the module that does the
+work, mapping bad input to one line on stderr and exit status 2 (never a traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 import typing
 from pathlib import Path
 
 from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
-from ablations.paths import check_name, check_readable_file, check_writable_dir, check_writable_file
+from ablations.ioutil import check_name, check_readable_file, check_writable_dir, check_writable_file, first_line
 
 
 def _positive(text: str) -> int:
@@ -158,7 +155,7 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _error(message: object) -> int:
-    from ablations.results.frames import redact
+    from ablations.ioutil import redact
 
     line = " ".join(str(message).split("\n")).strip()  # one line, and never a password from a storage URL
     print(f"ablations: error: {redact(line)}", file=sys.stderr)
@@ -171,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # W&B records every run's command line (its metadata "args"): a password in a storage URL must not reach
         # it. The command itself keeps the real arguments (workers are started from ``given``).
-        from ablations.results.frames import redact
+        from ablations.ioutil import redact
 
         sys.argv[1:] = [redact(a) for a in sys.argv[1:]]
     if args.command == "sweep":
@@ -194,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _describe(config: ExperimentConfig, input_size: tuple[int, int], *, as_json: bool) -> int:
-    from ablations.describe import describe, format_summary
+    from ablations.geometry.describe import describe, format_summary
 
     try:
         summary = describe(config, input_size)
@@ -207,10 +204,10 @@ def _describe(config: ExperimentConfig, input_size: tuple[int, int], *, as_json:
 def _train(
     config: ExperimentConfig, out: str | None, *, name: str | None = None, group: str | None = None, extra=None
 ) -> int:
-    from ablations.checkpoints import CheckpointWriteError
     from ablations.data.datasets import DatasetError
     from ablations.model.backbones import WeightsError
-    from ablations.train import train
+    from ablations.training.checkpoints import CheckpointWriteError
+    from ablations.training.train import train
 
     out_dir = out or time.strftime("runs/train-%Y%m%d-%H%M%S")
     try:
@@ -240,7 +237,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import pickle
 
     from ablations.data.datasets import DatasetError
-    from ablations.train import evaluate
+    from ablations.training.train import evaluate
 
     try:
         path = check_readable_file("checkpoint", args.checkpoint, ConfigError)
@@ -248,7 +245,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (ConfigError, DatasetError) as error:
         return _error(error)
     except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:  # not ours, or a truncated one
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        first = first_line(error, 200)
         return _error(f"checkpoint {args.checkpoint}: cannot be loaded ({first})")
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -313,136 +310,47 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
-    from ablations.study import StudyError, load_study
+    from ablations.sweep import SweepError
+    from ablations.sweep.run import SweepRequest, run_sweep
+    from ablations.sweep.study import StudyError
 
+    request = SweepRequest(
+        args.study, profile=args.profile, sets=args.overrides, seeds=args.seeds, budget=args.budget,
+        study_name=args.study_name, out=args.out, storage=args.storage, workers=args.workers, worker=args.worker,
+        retry_failed=args.retry_failed, max_trials=args.max_trials, table_only=args.table_only, strict=args.strict,
+        argv=argv,
+    )  # fmt: skip
     try:
-        if args.study_name is not None:  # it becomes a folder name
-            check_name("--study-name", args.study_name, StudyError)
-        study = load_study(args.study, profile=args.profile, sets=args.overrides, seeds=args.seeds, budget=args.budget)
-    except StudyError as error:
-        return _error(error)
-    warnings: list[str] = []
-    if not args.worker and not args.table_only:
-        from ablations.geometry import startup_warnings
-
-        warnings = startup_warnings(study)  # before anything is created, so --strict leaves nothing behind
-        if warnings and args.strict:
-            more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
-            return _error(f"--strict: {warnings[0].removeprefix('geometry: ')}{more}")
-    from ablations import sweep
-
-    sweep.quiet_libraries()
-    name = args.study_name or study.name
-    out_dir = Path(args.out) if args.out else sweep.default_out_dir(study)
-    if args.study_name and not args.out:
-        out_dir = out_dir.parent / args.study_name
-    try:  # before anything is created
-        check_writable_dir("--out", out_dir, StudyError)
-    except StudyError as error:
-        return _error(error)
-    # --retry-failed re-runs failures recorded before this sweep started (workers inherit the parent's start).
-    inherited = os.environ.get("ABLATIONS_SWEEP_STARTED") if args.worker else None
-    started = float(inherited) if inherited else time.time()
-    retry = started if args.retry_failed else None
-    try:
-        url = sweep.storage_url(out_dir, args.storage)
-        sweep.check_storage_reachable(url)
-        storage = sweep.open_storage(url)
-        board = sweep.open_study(study, storage, name)
-        if args.table_only:
-            print(sweep.write_outputs(study, board.study, out_dir, name))
-            return 0
-        if not args.worker:
-            for line in warnings:
-                print(line, flush=True)
-            print(
-                f"study {name}: {study.total} trials ({len(study.arms)} arms × {len(study.seeds)} seeds)"
-                if study.is_grid
-                else f"study {name}: {study.total} trials sampled by {study.sampler}",
-                f"· profile {study.profile}"
-                + (
-                    f" (auto: {'a CUDA GPU' if study.profile == 'faithful' else 'no CUDA GPU'} here)"
-                    if study.requested_profile == "auto"
-                    else ""
-                )
-                + f" · storage {sweep.redact(url)} · run folder {out_dir}",
-                flush=True,
-            )
-        if args.workers > 1 and not args.worker:
-            sweep.reap_interrupted(board)
-            if study.is_grid:
-                sweep.top_up(study, board, retry_failed=retry)
-            status = sweep.spawn_workers(
-                _worker_argv(argv),
-                args.workers,
-                started=started,
-                study=study,
-                name=name,
-                printer=lambda line: print(line, flush=True),
-            )
-            if status:
-                print(f"ablations: a worker exited with status {status}", file=sys.stderr)
-        else:
-            if args.worker and os.environ.get("OMP_NUM_THREADS"):  # this worker's share (sweep.placement)
-                import torch
-
-                torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-            sweep.work(
-                study,
-                board,
-                out_dir,
-                workers=args.workers,
-                retry_failed=retry,
-                max_trials=args.max_trials,
-                printer=lambda line: print(line, flush=True),
-            )
-        if args.worker:
-            return 0
-        print()
-        print(sweep.write_outputs(study, board.study, out_dir, name), flush=True)
-        print(
-            f"\ntrials, metrics and configs: {out_dir} (summary.md, summary.json, trials.json) and {sweep.redact(url)}"
-        )
-        _sweep_report(study, name, url, out_dir)
-        return 0
-    except (sweep.SweepError, StudyError) as error:
+        outcome = run_sweep(request, printer=lambda line: print(line, flush=True))
+    except (SweepError, StudyError) as error:
         return _error(error)
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C inside a fit into SystemExit(1)
         print("\nablations: interrupted; run the same command again to continue the study", file=sys.stderr)
         return 130
+    if outcome.status:
+        print(f"ablations: a worker exited with status {outcome.status}", file=sys.stderr)
+    if outcome.table is None:  # a worker: its parent prints the table
+        return 0
+    if args.table_only:
+        print(outcome.table)
+        return 0
+    from ablations.ioutil import redact
+    from ablations.report.build import sweep_report
 
-
-def _sweep_report(study, name: str, url: str, out_dir: Path) -> None:
-    """The study's report (the same pages ``make report`` writes) in the run folder; a failure here never
-    fails the sweep, whose results are stored."""
-    from ablations.report.build import generate
-    from ablations.results import ResultsError
-
-    if name != study.name or study.path is None:
-        print(
-            f"report: study name {name!r} differs from the file's; run `ablations report --storage URL --study {name}`"
-        )
-        return
-    try:
-        generate(
-            sweeps_dir=study.path.parent,
-            out_dir=out_dir / "report",
-            storage=url,
-            study_names=[name],
-            index=False,
-            wandb=False,  # `ablations report` logs the W&B report run, once, with every study
-            printer=lambda line: None,
-        )
-    except ResultsError as error:
-        print(f"report: not written ({error})")
-        return
-    print(f"report: {out_dir / 'report' / (name + '.md')} (`make report` adds it to reports/ with the others)")
+    print()
+    print(outcome.table, flush=True)
+    print(
+        f"\ntrials, metrics and configs: {outcome.out_dir} (summary.md, summary.json, trials.json) and "
+        f"{redact(outcome.url)}"
+    )
+    print(sweep_report(outcome.study, outcome.name, outcome.url, outcome.out_dir))
+    return 0
 
 
 def _gpu_check(args: argparse.Namespace) -> int:
     from ablations.gpucheck import GpuCheckError, run_gpu_check
-    from ablations.study import StudyError
     from ablations.sweep import SweepError
+    from ablations.sweep.study import StudyError
 
     try:
         check_writable_dir("--out", args.out, ConfigError)
@@ -482,22 +390,6 @@ def _report(args: argparse.Namespace) -> int:
         return _error(error)
     print(f"wrote {len(reports)} study report(s) and {Path(args.out) / 'README.md'}")
     return 0
-
-
-def _worker_argv(argv: list[str]) -> list[str]:
-    """The parent's arguments for a worker: the same study, one worker per process."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--workers":
-            skip = True
-            continue
-        if arg.startswith("--workers="):
-            continue
-        out.append(arg)
-    return out
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import yaml
 
 from ablations.data import DATASET_NAMES, NUM_CLASSES, SYNTHETIC_SHAPES
 from ablations.dilation import LAYOUTS, dilation_plan, scale_rates
-from ablations.paths import load_yaml, read_text_file
+from ablations.ioutil import load_yaml, read_text_file
 
 
 class ConfigError(ValueError):

@@ -118,7 +118,7 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     from ablations.bench import environment as bench_environment
-    from ablations.timing import cpu_name, git_commit
+    from ablations.hardware import cpu_name, git_commit
 
     env = bench_environment(torch.device(device))
     env["lightning"] = lightning.__version__
@@ -184,7 +184,7 @@ def bench_part(device: str, *, tiny: bool, printer: Callable[[str], None]) -> di
 
 
 def load_check_study(device: str, *, tiny: bool, study_file: Path = STUDY_FILE):
-    from ablations.study import load_study
+    from ablations.sweep.study import load_study
 
     sets = [*TINY_OVERRIDES] if tiny else []
     sets.append(f"train.accelerator={'gpu' if device == 'cuda' else 'cpu'}")

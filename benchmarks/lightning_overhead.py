@@ -19,8 +19,8 @@ import lightning.pytorch as pl
 import torch
 
 from ablations.config import load_config
-from ablations.system import SegmentationSystem
-from ablations.timing import synchronize
+from ablations.hardware import synchronize
+from ablations.training.system import SegmentationSystem
 
 
 def make_batches(config, n: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
@@ -40,7 +40,7 @@ def plain_loop(config, batches, device, *, warmup: int, steps: int) -> float:
     system = SegmentationSystem(config.to_dict(), tuple(map(str, range(config.head.num_classes)))).to(device).train()
     optimizers = system.configure_optimizers()
     optimizer, schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
-    from ablations.system import segmentation_loss
+    from ablations.training.system import segmentation_loss
 
     start = None
     for step in range(warmup + steps):

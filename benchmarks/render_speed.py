@@ -25,11 +25,11 @@ import time
 import torch
 from torch.utils.data import default_collate
 
-from ablations.data.module import SceneItems, training_sample
 from ablations.data.render import SceneRenderer
 from ablations.data.synthetic import SyntheticShapes
 from ablations.data.transforms import apply_scale_crop_flip
-from ablations.timing import cpu_name
+from ablations.hardware import cpu_name
+from ablations.training.datamodule import SceneItems, training_sample
 
 SCALES = (0.5, 2.0)
 

@@ -49,15 +49,15 @@ def _fresh_wandb():
 
 @pytest.fixture(scope="module")
 def geometry_once_per_study():
-    """``ablations.geometry.study_geometry`` computed once per study for the module that asks for it: building
+    """``ablations.sweep.geometry.study_geometry`` computed once per study for the module that asks for it: building
     every arm on the meta device (BatchNorm through torch's Python decompositions) is most of the time of the
     geometry, report and bad-input tests, which check the same studies many times, directly and through
     ``startup_warnings``, ``ablations sweep`` and ``ablations report``. The first call for a study runs the real
     code; later ones get that result. The key is everything ``study_geometry`` reads: the study but its path and
     description (a copy of a study file in another test's folder is the same study), the base config's text, the
     seed."""
-    from ablations import geometry
     from ablations.report import build
+    from ablations.sweep import geometry
 
     compute, results = geometry.study_geometry, {}
 
@@ -77,7 +77,7 @@ def geometry_once_per_study():
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A run folder for sweep tests: the working directory, W&B offline and quiet, no injected fault."""
-    from ablations.faults import ENV
+    from ablations.training.faults import ENV
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ablations.analysis import (
+from ablations.geometry.analysis import (
     count_macs,
     effective_kernel,
     gridding_holes,

@@ -19,11 +19,11 @@ from PIL import Image
 from ablations.cli import main
 from ablations.config import ConfigError, ExperimentConfig, load_config
 from ablations.data.datasets import DatasetError, FolderSegmentation
-from ablations.paths import check_name, check_writable_dir, load_yaml
+from ablations.ioutil import check_name, check_writable_dir, load_yaml, redact
 from ablations.report.papers import load_papers
 from ablations.results import ResultsError, names
-from ablations.results.frames import redact
-from ablations.study import StudyError, load_study, parse_study, run_metrics, study_files
+from ablations.results.names import run_metrics
+from ablations.sweep.study import StudyError, load_study, parse_study, study_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-Pw"

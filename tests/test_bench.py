@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from ablations import bench
-from ablations.analysis import count_macs
 from ablations.cli import main
 from ablations.config import load_config
+from ablations.geometry.analysis import count_macs
 
 TINY = [
     "backbone.width=0.125",

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ablations import load_config
-from ablations.checkpoints import AtomicCheckpointIO, config_differences, resume_point
-from ablations.data.module import TrainingOrder
-from ablations.faults import ENV, InjectFault
+from ablations.training.checkpoints import AtomicCheckpointIO, config_differences, resume_point
+from ablations.training.datamodule import TrainingOrder
+from ablations.training.faults import ENV, InjectFault
 
 
 def _stream(order: TrainingOrder, epoch: int) -> list[tuple[int, int]]:

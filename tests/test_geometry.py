@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablations import geometry as geometry_module
-from ablations.analysis import is_degenerate, network_signature, tap_indices, valid_taps
-from ablations.describe import describe
-from ablations.geometry import ANSWERABLE, CANNOT, PARTLY
+from ablations.geometry.analysis import is_degenerate, network_signature, tap_indices, valid_taps
+from ablations.geometry.describe import describe
 from ablations.model import build_model
-from ablations.study import load_study, parse_study, study_files
+from ablations.sweep import geometry as geometry_module
+from ablations.sweep.geometry import ANSWERABLE, CANNOT, PARTLY
+from ablations.sweep.study import load_study, parse_study, study_files
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 # Each study's geometry is computed once in this module (tests/conftest.py); the tests below call it through
-# ablations.geometry, where the fixture put it.
+# ablations.sweep.geometry, where the fixture put it.
 pytestmark = pytest.mark.usefixtures("geometry_once_per_study")
 
 
@@ -126,7 +126,7 @@ def test_every_grid_study_has_a_geometry_for_every_arm(path):
 
 
 def test_the_sweep_warns_at_start_up_when_the_quick_crop_cannot_measure_an_arm():
-    from ablations.geometry import startup_warnings
+    from ablations.sweep.geometry import startup_warnings
 
     lines = startup_warnings(load_study(SWEEPS / "multigrid.yaml"))
     assert lines == [
@@ -151,7 +151,7 @@ def test_strict_refuses_before_anything_is_created(tmp_path, monkeypatch, capsys
 
 @pytest.mark.parametrize("path", study_files(SWEEPS), ids=lambda p: p.stem)
 def test_the_faithful_profile_leaves_no_studied_conv_degenerate(path):
-    from ablations.geometry import startup_warnings
+    from ablations.sweep.geometry import startup_warnings
 
     study = load_study(path, profile="faithful")
     geometry = study_geometry(study)

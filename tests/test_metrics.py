@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from ablations.inference import predict_probabilities
-from ablations.metrics import SegmentationMetrics, boundary_band, confusion_matrix, iou_from_confusion
-from ablations.system import poly_schedule, segmentation_loss
+from ablations.training.inference import predict_probabilities
+from ablations.training.metrics import SegmentationMetrics, boundary_band, confusion_matrix, iou_from_confusion
+from ablations.training.system import poly_schedule, segmentation_loss
 
 
 def test_confusion_and_iou_by_hand():

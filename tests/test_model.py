@@ -7,8 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from ablations.describe import measure_output_stride
 from ablations.dilation import dilation_plan
+from ablations.geometry.describe import measure_output_stride
 from ablations.model import build_model
 from ablations.model.backbones import WeightsError
 from tests.conftest import tiny

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from ablations import build_model, load_config
-from ablations.analysis import count_macs, count_params
+from ablations.geometry.analysis import count_macs, count_params
 from ablations.model.interop import torchvision_deeplabv3_state_dict
 
 CONFIG = Path(__file__).parents[1] / "configs" / "torchvision_deeplabv3_r50.yaml"

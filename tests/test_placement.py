@@ -13,8 +13,6 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from ablations.checkpoints import RESUME_IGNORES
-from ablations.study import LOADER_WORKERS_ENV, load_study
 from ablations.sweep import workers as workers_module
 from ablations.sweep.placement import (
     LOADER_ENV,
@@ -25,6 +23,8 @@ from ablations.sweep.placement import (
     visible_devices,
     worker_env,
 )
+from ablations.sweep.study import LOADER_WORKERS_ENV, load_study
+from ablations.training.checkpoints import RESUME_IGNORES
 from tests.test_sweep import complete_keys, stored, write_study
 
 ARMS = ("(1,1,1)", "(1,2,4)")

@@ -13,10 +13,10 @@ from torch.utils.data import default_collate
 
 from ablations.config import ConfigError, load_config
 from ablations.data import IGNORE_INDEX, SIZE_BUCKETS
-from ablations.data.module import SegmentationDataModule
 from ablations.data.render import SCENE_KEYS, SceneRenderer
 from ablations.data.synthetic import SyntheticShapes
 from ablations.data.transforms import apply_scale_crop_flip, random_scale_crop_flip, scale_crop_flip_draws
+from ablations.training.datamodule import SegmentationDataModule
 
 # The bounds render.py's docstring states: image values where the layer maps agree, and the share of pixels whose
 # layer (hence label and size) differs between the NumPy and torch rasterisers.
@@ -200,7 +200,7 @@ def test_render_is_a_validated_config_field():
 
 
 def test_a_run_resumes_under_another_data_render_like_another_num_workers():
-    from ablations.checkpoints import config_differences
+    from ablations.training.checkpoints import config_differences
 
     cpu = load_config(overrides=["data.render=cpu"]).to_dict()
     assert config_differences(cpu, load_config(overrides=["data.render=device"]).to_dict()) == []
@@ -225,7 +225,7 @@ def test_auto_renders_on_the_cpu_workers_without_a_cuda_trainer():
 
 @pytest.mark.e2e
 def test_a_real_training_step_with_the_device_path_on_a_cpu(tmp_path, monkeypatch):
-    from ablations.train import train
+    from ablations.training.train import train
 
     rendered = []  # (batch size, with size map) of every batch the device path rendered
     call = SceneRenderer.__call__

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ablations.model import build_model
-from ablations.study import StudyError, label_of, load_study, parse_study, study_files
+from ablations.sweep.study import StudyError, label_of, load_study, parse_study, study_files
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 FILES = study_files(SWEEPS)

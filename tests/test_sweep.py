@@ -27,8 +27,8 @@ from optuna.trial import TrialState
 
 from ablations import sweep
 from ablations.cli import main
-from ablations.faults import ENV
-from ablations.study import StudyError, load_study
+from ablations.sweep.study import StudyError, load_study
+from ablations.training.faults import ENV
 
 TINY_FIXED = {
     "backbone.width": 0.125,

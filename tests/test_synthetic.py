@@ -326,8 +326,8 @@ def test_the_item_cache_returns_what_rendering_gives_and_keys_on_every_parameter
 def test_a_seeded_training_sample_is_kept_for_the_next_run_with_the_same_data_and_seed(monkeypatch):
     import functools
 
-    from ablations.data.module import Transformed, training_sample
     from ablations.data.synthetic import ITEMS
+    from ablations.training.datamodule import Transformed, training_sample
 
     monkeypatch.setenv("ABLATIONS_ITEM_CACHE_MB", "64")
     ITEMS.clear()

@@ -14,7 +14,7 @@ from ablations import load_config
 from ablations.cli import main
 from ablations.config import ConfigError
 from ablations.data.datasets import DatasetError
-from ablations.train import train
+from ablations.training.train import train
 from tests.fixtures import write_ade20k, write_cityscapes, write_folder, write_voc
 
 TINY_RUN = [
@@ -77,7 +77,7 @@ def test_same_seed_same_miou_and_a_checkpoint_that_restores(tmp_path):
     first = run(tmp_path, name="a")
     second = run(tmp_path, name="b")
     assert [h["val/mIoU"] for h in first["history"]] == [h["val/mIoU"] for h in second["history"]]
-    from ablations.system import SegmentationSystem
+    from ablations.training.system import SegmentationSystem
 
     restored = SegmentationSystem.load_from_checkpoint(first["best_checkpoint"], map_location="cpu")
     assert restored.config == load_config(overrides=TINY_RUN)
@@ -195,7 +195,7 @@ def test_profiles_load():
 
 
 def test_bn_momentum_reaches_every_batchnorm():
-    from ablations.system import SegmentationSystem
+    from ablations.training.system import SegmentationSystem
 
     system = SegmentationSystem(load_config(overrides=[*TINY_RUN, "train.bn_momentum=0.05"]).to_dict(), ("x",) * 8)
     momenta = {m.momentum for m in system.modules() if isinstance(m, torch.nn.BatchNorm2d)}
@@ -222,7 +222,7 @@ def test_determinism_is_on_unless_cudnn_autotunes():
     assert (loose.resolved_deterministic(gpu=False), loose.resolved_cudnn_benchmark(gpu=True)) == (False, True)
     with pytest.raises(ConfigError, match=r"^train.deterministic=true with train.cudnn_benchmark=true: [^\n]*$"):
         load_config(overrides=["train.deterministic=true", "train.cudnn_benchmark=true"])
-    from ablations.train import lightning_deterministic
+    from ablations.training.train import lightning_deterministic
 
     assert lightning_deterministic(t, gpu=False) == "warn" and lightning_deterministic(t, gpu=True) is False
 
@@ -250,7 +250,7 @@ def test_the_fast_path_trains_and_evaluates_like_the_plain_one(tmp_path, setting
     # floating-point reassociation.
     for a, b in zip(plain["history"], fast["history"], strict=True):
         assert b["val/mIoU"] == pytest.approx(a["val/mIoU"], abs=0.02)
-    from ablations.system import SegmentationSystem
+    from ablations.training.system import SegmentationSystem
 
     restored = SegmentationSystem.load_from_checkpoint(fast["best_checkpoint"], map_location="cpu")
     assert set(restored.state_dict()) == set(
@@ -337,7 +337,7 @@ def test_every_rank_of_a_two_process_run_exits_cleanly(tmp_path):
 @pytest.mark.e2e
 def test_the_faithful_profile_trains_a_step_on_a_cpu_at_a_reduced_crop(tmp_path, monkeypatch):
     from ablations.config import load_config
-    from ablations.train import train
+    from ablations.training.train import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))

@@ -1,7 +1,7 @@
 """``ablations bench``: throughput, latency, peak memory, parameters and multiply-adds of any config — and of the
 peers' DeepLabs (torchvision, segmentation-models-pytorch) in the same process, on the same settings.
 
-The package, imports flowing one way (each file imports only those above it; :mod:`ablations.timing` below all):
+The package, imports flowing one way (each file imports only those above it; :mod:`ablations.hardware` below all):
 
 * ``method``: the method below — a step, its timing, peak memory, multiply-add and FLOP counts;
 * ``runner``: models prepared, warmed up and timed interleaved, a row each (``bench_models``);
@@ -33,7 +33,7 @@ Method (MMSegmentation's FPS protocol, tightened; ``reference/peers.md``):
 * multiply-adds are counted per image of one forward pass (``torch.utils.flop_counter`` on a meta copy, so
   nothing is computed); on a GPU the model FLOP utilisation is the FLOPs of one step (training: forward and
   backward) over the step's median time over the device's dense peak at the row's precision
-  (:mod:`ablations.gpus`' datasheet table, else Lightning's ``get_available_flops``; ``peak_flops_source`` says
+  (:mod:`ablations.hardware`' datasheet table, else Lightning's ``get_available_flops``; ``peak_flops_source`` says
   which); an fp32 row on a GPU runs its convolutions in TF32 when ``torch.backends.cudnn.allow_tf32`` is on
   (PyTorch's default): its ``tf32`` field says so, its label reads "fp32 (TF32 on)" and its peak is TF32's.
 """

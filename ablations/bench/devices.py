@@ -11,8 +11,7 @@ from typing import Any
 import torch
 
 from ablations.bench.method import BenchError, Method
-from ablations.gpus import tf32_state
-from ablations.timing import cpu_name
+from ablations.hardware import cpu_name, tf32_state
 
 CPU_INPUT = (256, 256)  # default input side on a CPU, where 513² at output stride 8 takes seconds per image
 GPU_INPUT = (513, 513)  # the papers' evaluation crop

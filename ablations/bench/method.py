@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablations.gpus import device_peak_flops, tf32_state
-from ablations.timing import synchronize
+from ablations.hardware import device_peak_flops, synchronize, tf32_state
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("infer", "train")
@@ -203,9 +202,9 @@ def _proc_status_kb(field: str) -> int | None:
 
 
 def count_forward_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
-    """Multiply-adds of one forward pass of one image (:func:`ablations.analysis.count_macs`), counted on a
+    """Multiply-adds of one forward pass of one image (:func:`ablations.geometry.analysis.count_macs`), counted on a
     meta-device copy of ``model`` so that nothing is computed."""
-    from ablations.analysis import count_macs
+    from ablations.geometry.analysis import count_macs
 
     return count_macs(copy.deepcopy(model).to("meta"), input_size)
 
@@ -229,7 +228,7 @@ def count_step_flops(model: nn.Module, input_size: tuple[int, int], batch: int, 
 
 def peak_flops_and_source(device: torch.device, precision: str) -> tuple[float | None, str | None]:
     """The device's dense peak FLOP/s at ``precision`` (fp32 as TF32 when cuDNN may use TF32) and where it comes
-    from: :mod:`ablations.gpus`' datasheet table, else Lightning's ``get_available_flops``; (None, None) on a CPU
+    from: :mod:`ablations.hardware`' datasheet table, else Lightning's ``get_available_flops``; (None, None) on a CPU
     or an unknown device."""
     return device_peak_flops(device, precision)
 

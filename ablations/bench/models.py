@@ -28,7 +28,7 @@ class EvalProtocol(nn.Module):
         self.model, self.scales, self.flip = model, tuple(scales), flip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ablations.inference import predict_probabilities
+        from ablations.training.inference import predict_probabilities
 
         return predict_probabilities(self.model, x, scales=self.scales, flip=self.flip)
 

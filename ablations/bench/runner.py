@@ -21,6 +21,7 @@ from ablations.bench.method import (
     summarise,
     tf32_enabled,
 )
+from ablations.ioutil import first_line
 
 
 @dataclasses.dataclass
@@ -39,7 +40,7 @@ class _Entry:
         if isinstance(error, torch.OutOfMemoryError):
             self.row["error"] = "out of memory"
         else:
-            text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            text = first_line(str(error), 200)
             self.row["error"] = f"{type(error).__name__}: {text}"
         self.stepper = None
 

@@ -10,7 +10,7 @@ Every dataset is a ``torch.utils.data.Dataset`` whose items are dicts:
 
 and which expose ``num_classes: int``, ``class_names: tuple[str, ...]`` and ``ignore_index = 255``.
 
-What reaches the training system (``ablations.data.module``) differs a little: training batches carry no
+What reaches the training system (``ablations.training.datamodule``) differs a little: training batches carry no
 ``"size"`` (only evaluation reads it), and masks may travel as ``torch.uint8`` (the synthetic benchmark's, on either
 ``data.render`` path); the system converts them to int64 on the device.
 """

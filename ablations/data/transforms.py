@@ -12,7 +12,7 @@ normalisation; label maps with ``ignore_index``), take a random crop, then flip 
 
 Randomness comes from the ``generator`` passed in, or torch's global generator, so a ``torch.manual_seed`` makes
 it reproducible. Training passes one generator per sample, seeded from the run's seed and the sample's place in
-the training order (``ablations.data.module.TrainingOrder``).
+the training order (``ablations.training.datamodule.TrainingOrder``).
 
 ``scale_crop_flip_draws`` is the random part alone (scaled size, crop corner, flip), consuming the generator
 exactly as ``random_scale_crop_flip`` does; ``apply_scale_crop_flip`` applies given draws to a batch of same-size

@@ -24,12 +24,13 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.geometry import StudyGeometry, conv_label, study_geometry
+from ablations.ioutil import first_line
 from ablations.report import figures
 from ablations.report.papers import Published, load_papers, paper_frame, papers_for
 from ablations.results import names, stats, tables
 from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic
-from ablations.study import Study, StudyError, load_study
+from ablations.sweep.geometry import StudyGeometry, conv_label, study_geometry
+from ablations.sweep.study import Study, StudyError, load_study
 
 FORMATS = ("md", "csv", "tex")
 PAPERS_CAVEAT = (
@@ -430,8 +431,8 @@ def generate(
     printer: Callable[[str], None] = print,
 ) -> list[StudyReport]:
     """Refresh data from storages, analyse every study that has data, write the reports (see module docstring)."""
-    from ablations.paths import check_readable_dir, check_writable_dir
-    from ablations.results.frames import recorded_profile, redact, storage_frames
+    from ablations.ioutil import check_readable_dir, check_writable_dir, redact
+    from ablations.results.frames import recorded_profile, storage_frames
 
     # Every folder this reads or writes, before anything is read or computed.
     check_readable_dir("--sweeps", sweeps_dir, ResultsError)
@@ -481,7 +482,7 @@ def generate(
     if not inputs:
         raise ResultsError(f"no study has data: no {data_dir}/<study>.csv and no storage given or found")
     papers = load_papers(papers_file) if papers_file.is_file() else []
-    from ablations.timing import git_commit
+    from ablations.hardware import git_commit
 
     commit = git_commit()
     writes: dict[Path, bytes | str] = {}
@@ -520,7 +521,7 @@ def generate(
         try:
             log_reports(reports, out_dir, printer=printer)
         except Exception as error:  # the reports are written; a dashboard that cannot be reached loses nothing
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            first = first_line(error, 200)
             printer(f"W&B: the report runs were not logged ({type(error).__name__}: {first}); the files are written")
     return reports
 
@@ -534,3 +535,25 @@ def _read_meta(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ResultsError(f"{path}: not valid JSON") from None
+
+
+def sweep_report(study: Study, name: str, url: str, out_dir: Path) -> str:
+    """The study's report (the same pages ``make report`` writes) in the sweep's run folder, and the line that
+    says where; a failure here never fails the sweep, whose results are stored."""
+    if name != study.name or study.path is None:
+        return (
+            f"report: study name {name!r} differs from the file's; run `ablations report --storage URL --study {name}`"
+        )
+    try:
+        generate(
+            sweeps_dir=study.path.parent,
+            out_dir=out_dir / "report",
+            storage=url,
+            study_names=[name],
+            index=False,
+            wandb=False,  # `ablations report` logs the W&B report run, once, with every study
+            printer=lambda line: None,
+        )
+    except ResultsError as error:
+        return f"report: not written ({error})"
+    return f"report: {out_dir / 'report' / (name + '.md')} (`make report` adds it to reports/ with the others)"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.paths import load_yaml, read_text_file
+from ablations.ioutil import load_yaml, read_text_file
 from ablations.results import names, stats
 from ablations.results.frames import ResultsError
 

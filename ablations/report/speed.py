@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ablations.results import names
-from ablations.study import Study
+from ablations.sweep.study import Study
 
 
 def measure(study: Study, *, repeats: int = 5, printer: Callable[[str], None] = print) -> tuple[pd.DataFrame, dict]:

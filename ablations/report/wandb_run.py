@@ -27,7 +27,7 @@ def log_reports(reports: Sequence, out_dir: Path, *, printer: Callable[[str], No
     """Log each report; returns the W&B run directories (offline) or URLs (online)."""
     import wandb
 
-    from ablations.train import wandb_mode
+    from ablations.training.train import wandb_mode
 
     mode = wandb_mode()
     save_dir = Path(os.environ.get("WANDB_DIR") or REPORT_DIR)

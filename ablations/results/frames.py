@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,35 +18,12 @@ from typing import Any
 
 import pandas as pd
 
+from ablations.ioutil import first_line, redact
 from ablations.results import names
 
 
 class ResultsError(ValueError):
     """Results that cannot be read or reported: the message names the file, storage or study and what is wrong."""
-
-
-# user:password@ after the // of a URL (also of a malformed one, e.g. `postgresql//u:pw@h`), by SQLAlchemy's own
-# rule: the user ends at ':' or '/', the password at the first '@'.
-_USERINFO = re.compile(r"(?P<pre>//)(?P<user>[^\s:/@'\"?#]*):(?P<secret>[^\s@'\"]+)@")
-# ?password=… &sslpassword=… &api_key=… &token=… (query strings), and password=… in a libpq keyword string.
-_SECRET_PARAM = re.compile(
-    r"(?P<pre>(?:^|[?&;\s])[^=&#;\s?]*(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth|"
-    r"credential)[^=&#;\s]*=)(?P<secret>[^&#;\s'\"]*?)(?=[:,.)]*(?:[&#;\s'\"]|$))",
-    re.IGNORECASE,
-)
-
-
-def redact(text: str) -> str:
-    """``text`` (a storage URL, or a message that contains one) with every password replaced by ``***``: the
-    ``user:password@`` part of a URL, and query or keyword parameters named like a secret (``?password=``,
-    ``sslpassword``, ``api_key``, ``token``, …). Every URL the project prints, stores or logs goes through it.
-
-    >>> redact("postgresql://u:pw@h/db"), redact("postgresql://u@h/db?sslmode=require&password=pw")
-    ('postgresql://u:***@h/db', 'postgresql://u@h/db?sslmode=require&password=***')
-    """
-    text = str(text)
-    text = _USERINFO.sub(lambda m: f"{m['pre']}{m['user']}:***@", text)
-    return _SECRET_PARAM.sub(lambda m: f"{m['pre']}{'***' if m['secret'] else ''}", text)
 
 
 def failure_kind(trial: Any) -> str | None:
@@ -117,7 +93,7 @@ def storage_frames(url: str, study_names: Sequence[str] | None = None) -> dict[s
         storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
         available = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ResultsError(f"storage {redact(url)}: cannot be read ({redact(first)[:200]})") from None
     if not available:
         raise ResultsError(f"storage {redact(url)}: holds no study")
@@ -166,7 +142,7 @@ def read_csv(path: str | Path, required: Sequence[str] = names.REQUIRED_COLUMNS)
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ResultsError(f"{path}: not a readable CSV ({str(error).splitlines()[0][:160]})") from None
+        raise ResultsError(f"{path}: not a readable CSV ({first_line(str(error), 160)})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ResultsError(f"{path}: missing column(s) {missing}; a trial CSV needs {list(required)}")

@@ -2,7 +2,8 @@
 
 Training (``system``, ``train``), the trial records of a sweep, the benchmark and the reports all use these
 names, so that a metric renamed here is renamed everywhere and a report can never look for a column that no
-run writes. This module imports nothing, so anything may import it.
+run writes. It imports nothing of the project at import time (``class_names`` reads the dataset module's class
+lists when called), so anything may import it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ TRAIN_IPS = "train/images_per_s"
 TRAIN_STEP_S = "train/step_time_s"
 TRAIN_MFU = "train/mfu"
 PEAK_FLOPS = "peak_flops"  # the device's dense peak FLOP/s that train/mfu is relative to
-PEAK_FLOPS_SOURCE = "peak_flops_source"  # where that peak comes from (ablations.gpus or Lightning's table)
+PEAK_FLOPS_SOURCE = "peak_flops_source"  # where that peak comes from (ablations.hardware or Lightning's table)
 # Where a run's wall time goes: the optimisation steps (warm-up included), everything else (setup, W&B, loaders,
 # validation, checkpoints), and the waits between steps (loader and hooks) with their share of steps + waits.
 TRAIN_TIME_S = "train_time_s"
@@ -130,3 +131,59 @@ LABELS = {
     SPEED_TRAIN_IPS: ("train img/s", ".1f"),
     SPEED_INFER_IPS: ("infer img/s", ".1f"),
 }
+
+
+# The metrics of a config's runs (an ``ablations.config.ExperimentConfig``), without running or building anything.
+
+
+def run_metrics(config) -> set[str]:
+    """The numeric metrics a trial of ``config`` records, i.e. what an objective may name: the validation
+    metrics (per-size mIoU on the embedded benchmark only, one ``val/IoU/<class>`` per class of the dataset),
+    training throughput (MFU on a GPU only), the run facts, the architecture statistics and the inference
+    figures."""
+    found = {
+        MIOU,
+        PIXEL_ACC,
+        BOUNDARY_MIOU,
+        TRAIN_IPS,
+        TRAIN_STEP_S,
+        PEAK_MB,
+        PARAMS,
+        BEST_STEP,
+        WALL_S,
+        MACS,
+        RECEPTIVE_FIELD,
+        OUTPUT_STRIDE,
+        INFER_IPS,
+        INFER_LATENCY_MS,
+        INFER_PEAK_MB,
+        INFER_MACS,
+        TRAIN_TIME_S,
+        OVERHEAD_S,
+        DATA_WAIT_S,
+        DATA_WAIT_SHARE,
+        TRIAL_S,
+        TRIAL_OVERHEAD_S,
+        TRIAL_OVERHEAD_SHARE,
+    }
+    data = config.data
+    if data.name == "synthetic":
+        found |= set(SIZE_MIOUS)
+    if config.train.uses_gpu():
+        found.add(TRAIN_MFU)
+    found |= {CLASS_IOU + c for c in class_names(config)}
+    return found
+
+
+def class_names(config) -> tuple[str, ...]:
+    """The class names a run of ``config`` reports per-class IoU under (without touching the dataset)."""
+    from ablations.data import SIZE_BUCKETS, SYNTHETIC_SHAPES
+
+    data = config.data
+    if data.name == "synthetic":
+        return ("background", *(SIZE_BUCKETS[1:] if data.class_by == "size" else data.shapes or SYNTHETIC_SHAPES))
+    if data.name == "folder":
+        return tuple(f"class{i}" for i in range(config.head.num_classes))
+    from ablations.data.datasets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
+
+    return {"voc": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES}[data.name]

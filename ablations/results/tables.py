@@ -279,7 +279,7 @@ def study_tables(
 ) -> dict[str, Any]:
     """Everything a study's table needs, for a grid study (``study.is_grid``): the per-arm frame, the comparison
     frame, the resolved best arm (or None) and the display frame. ``geometry`` is an
-    ``ablations.geometry.StudyGeometry`` (arms that are the same network are labelled *not measurable*);
+    ``ablations.sweep.geometry.StudyGeometry`` (arms that are the same network are labelled *not measurable*);
     ``papers`` turns the comparison frame into the published-number columns (``report.papers.paper_frame``)."""
     objective = study.objectives[0]
     maximize = objective.direction == "maximize"

@@ -1,4 +1,4 @@
-"""Sweeps: run a study (``ablations.study``) as an Optuna study, any number of workers on any number of machines.
+"""Sweeps: run a study (``ablations.sweep.study``) as an Optuna study, any number of workers on any number of machines.
 
 Storage is any Optuna RDB URL: SQLite in the run folder by default, PostgreSQL (``postgresql://…``) when workers
 on several machines share one study. A **grid** study (an axis) puts every missing arm × seed in Optuna's queue
@@ -6,7 +6,7 @@ on several machines share one study. A **grid** study (an axis) puts every missi
 is claimed by one worker only. A **search** study (no axis) asks its sampler until ``budget`` distinct points
 are trained.
 
-Each trial is one :func:`ablations.train.train` run. Its W&B run is grouped by study and named
+Each trial is one :func:`ablations.training.train.train` run. Its W&B run is grouped by study and named
 ``<arm>-s<seed>``; the trial's user attributes in the Optuna storage hold the arm, seed, full config and
 metrics (mIoU, per-size IoU, throughput, params, MACs, peak memory, receptive field), so tables need neither
 W&B nor the network.
@@ -15,7 +15,7 @@ Resume: a finished trial (complete, pruned, or failed with a reason such as dive
 never re-run. A trial whose worker died (Ctrl-C, ``kill -9``, a lost machine) is marked failed as
 ``interrupted`` and queued again by Optuna's ``RetryHeartbeatStaleTrialCallback``: at once when the dead worker
 was on this host (its process is gone), after the heartbeat grace period when it was elsewhere. The retry trains
-in its predecessor's run folder and resumes from its last checkpoint (``ablations.checkpoints``).
+in its predecessor's run folder and resumes from its last checkpoint (``ablations.training.checkpoints``).
 
 The parts, each one job, importing downwards only:
 
@@ -26,21 +26,20 @@ The parts, each one job, importing downwards only:
 - :mod:`~ablations.sweep.placement`: where local workers run (GPU round-robin, threads and loaders shared out);
 - :mod:`~ablations.sweep.workers`: the worker loop and local worker processes.
 
-The end-of-sweep tables are the results layer's (:mod:`ablations.results.summary`).
+The end-of-sweep tables are the results layer's (:mod:`ablations.sweep.summary`).
 """
 
-from ablations.results.frames import redact
-from ablations.results.summary import comparison, write_outputs
-from ablations.sweep.board import claim, reap_interrupted, top_up
+from ablations.ioutil import redact
+from ablations.sweep.board import claim, open_study, reap_interrupted, top_up
 from ablations.sweep.progress import quiet_libraries
 from ablations.sweep.storage import (
     SweepError,
     check_storage_reachable,
     default_out_dir,
     open_storage,
-    open_study,
     storage_url,
 )
+from ablations.sweep.summary import comparison, write_outputs
 from ablations.sweep.trial import REUSE_CAP, classify
 from ablations.sweep.workers import spawn_workers, work
 

@@ -33,8 +33,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablations.results import names
 from ablations.results.frames import failure_kind
-from ablations.study import Study
-from ablations.sweep.storage import GRACE_S, RETRY
+from ablations.sweep.storage import GRACE_S, RETRY, SweepError, make_pruner, make_sampler
+from ablations.sweep.study import Study
 
 
 @dataclass
@@ -65,8 +65,6 @@ class Board:
         except OSError:
             same = False
         if not same:
-            from ablations.sweep.storage import SweepError
-
             raise SweepError(
                 f"storage {path} was deleted or replaced while the sweep ran; stopping so that no result is written "
                 "into the void. The run folders are intact: run the sweep again, and each trial that had a "
@@ -84,6 +82,36 @@ class Board:
 
     def get(self, number: int) -> FrozenTrial:
         return self.storage.get_trial(self.trial_id(number))
+
+
+def open_study(study: Study, storage: optuna.storages.RDBStorage, study_name: str) -> Board:
+    """Create the Optuna study or load it, as a :class:`Board`; refuse a stored study that was started from
+    different settings."""
+    directions = [o.direction for o in study.objectives]
+    optuna_study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=directions,
+        sampler=make_sampler(study),
+        pruner=make_pruner(study),
+        load_if_exists=True,
+    )
+    attrs = optuna_study.user_attrs
+    fingerprint = study.fingerprint()
+    if "fingerprint" not in attrs:
+        optuna_study.set_user_attr("fingerprint", fingerprint)
+        optuna_study.set_user_attr("study", study.describe())  # axis, arms, seeds, objectives, profile, --set
+    elif attrs["fingerprint"] != fingerprint:
+        before = attrs.get("study", {})
+        raise SweepError(
+            f"study {study_name!r} in this storage was started with other settings (profile "
+            f"{before.get('profile')!r}, --set {before.get('sets')}, arms {before.get('arms')}); now profile "
+            f"{study.profile!r}, --set {list(study.sets)}, arms {list(study.arm_labels)}. Use --study-name NEW "
+            "or another --out/--storage to start a new study"
+        )
+    if [d.name.lower() for d in optuna_study.directions] != directions:
+        raise SweepError(f"study {study_name!r}: stored directions differ from the study file's objectives")
+    return Board(storage, optuna_study, storage.get_study_id_from_name(study_name), study_name)
 
 
 def is_settled(trial: FrozenTrial, *, retry_failed: float | None = None) -> bool:
@@ -193,6 +221,15 @@ def top_up(study: Study, board: Board, *, retry_failed: float | None = None) -> 
             )
             queued += 1
     return queued
+
+
+def settle(study: Study, board: Board, *, retry_failed: float | None = None) -> list[int]:
+    """Bring the board up to date before a claim: reap the trials whose worker is gone (they are queued again),
+    then, for a grid study, queue every arm × seed not yet covered. Returns the reaped trials' numbers."""
+    reaped = reap_interrupted(board)
+    if study.is_grid:
+        top_up(study, board, retry_failed=retry_failed)
+    return reaped
 
 
 def claim(study: Study, board: Board, *, retry_failed: float | None = None) -> optuna.Trial | None:

@@ -17,7 +17,7 @@ The rules:
   every trial (``--set`` applies to every trial) and is taken as each worker's value, not shared out.
   The share reaches the trials through ``ABLATIONS_LOADER_WORKERS`` (read by ``Study.resolve``, which caps
   the trial's ``data.num_workers`` at it); ``data.num_workers`` is an execution detail: it is outside the
-  study's fingerprint and a checkpoint resumes under another value (``ablations.checkpoints.RESUME_IGNORES``).
+  study's fingerprint and a checkpoint resumes under another value (``ablations.training.checkpoints.RESUME_IGNORES``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from ablations.study import LOADER_WORKERS_ENV as LOADER_ENV  # applied by ablations.study.Study.resolve
+from ablations.sweep.study import LOADER_WORKERS_ENV as LOADER_ENV  # applied by ablations.sweep.study.Study.resolve
 
 PLACEMENT_ENV = "ABLATIONS_PLACEMENT"  # the worker's placement (JSON), recorded on each trial it runs
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from ablations.study import Study
 from ablations.sweep.board import Board, counts
+from ablations.sweep.study import Study
 
 
 @dataclass

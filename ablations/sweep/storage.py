@@ -11,8 +11,8 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from ablations.results.frames import redact
-from ablations.study import Study
+from ablations.ioutil import first_line, redact
+from ablations.sweep.study import Study
 
 HEARTBEAT_S = 20
 GRACE_S = 120
@@ -38,11 +38,6 @@ def storage_url(out_dir: Path, url: str | None) -> str:
     return f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def check_storage_reachable(url: str) -> None:
     """Fail early, with the URL (password hidden) in the message, when a database server cannot be reached."""
     if url.startswith("sqlite"):
@@ -58,7 +53,7 @@ def check_storage_reachable(url: str) -> None:
             pass
         engine.dispose()
     except Exception as error:
-        raise SweepError(f"--storage {redact(url)}: cannot connect ({redact(_first_line(error))})") from None
+        raise SweepError(f"--storage {redact(url)}: cannot connect ({redact(first_line(error))})") from None
 
 
 def open_storage(url: str, *, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S) -> optuna.storages.RDBStorage:
@@ -82,41 +77,9 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S
                 time.sleep(0.5 + attempt)
                 continue
             raise SweepError(
-                f"--storage {redact(url)}: cannot open ({type(error).__name__}: {redact(_first_line(error))})"
+                f"--storage {redact(url)}: cannot open ({type(error).__name__}: {redact(first_line(error))})"
             ) from None
     raise AssertionError("unreachable")
-
-
-def open_study(study: Study, storage: optuna.storages.RDBStorage, study_name: str):
-    """Create the Optuna study or load it, as a :class:`~ablations.sweep.board.Board`; refuse a stored study
-    that was started from different settings."""
-    from ablations.sweep.board import Board
-
-    directions = [o.direction for o in study.objectives]
-    optuna_study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        directions=directions,
-        sampler=make_sampler(study),
-        pruner=make_pruner(study),
-        load_if_exists=True,
-    )
-    attrs = optuna_study.user_attrs
-    fingerprint = study.fingerprint()
-    if "fingerprint" not in attrs:
-        optuna_study.set_user_attr("fingerprint", fingerprint)
-        optuna_study.set_user_attr("study", study.describe())  # axis, arms, seeds, objectives, profile, --set
-    elif attrs["fingerprint"] != fingerprint:
-        before = attrs.get("study", {})
-        raise SweepError(
-            f"study {study_name!r} in this storage was started with other settings (profile "
-            f"{before.get('profile')!r}, --set {before.get('sets')}, arms {before.get('arms')}); now profile "
-            f"{study.profile!r}, --set {list(study.sets)}, arms {list(study.arm_labels)}. Use --study-name NEW "
-            "or another --out/--storage to start a new study"
-        )
-    if [d.name.lower() for d in optuna_study.directions] != directions:
-        raise SweepError(f"study {study_name!r}: stored directions differ from the study file's objectives")
-    return Board(storage, optuna_study, storage.get_study_id_from_name(study_name), study_name)
 
 
 def make_sampler(study: Study) -> optuna.samplers.BaseSampler:

@@ -20,14 +20,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ablations.checkpoints import LAST
 from ablations.results import names
 from ablations.results.frames import failure_kind
 from ablations.results.jsonable import json_safe
-from ablations.study import Study
 from ablations.sweep.board import Board, key_of, mark_failed, same_point, worker_identity
 from ablations.sweep.progress import Progress
 from ablations.sweep.storage import HEARTBEAT_S, SweepError
+from ablations.sweep.study import Study
+from ablations.training.checkpoints import LAST
 
 REUSE_CAP = 5  # a search asks at most this many times its budget of points, reused ones included
 
@@ -61,7 +61,7 @@ def classify(error: BaseException) -> tuple[str, str]:
     from ablations.config import ConfigError
     from ablations.data.datasets import DatasetError
     from ablations.model.backbones import WeightsError
-    from ablations.system import DivergedError
+    from ablations.training.system import DivergedError
 
     text = f"{type(error).__name__}: {error}"
     if isinstance(error, DivergedError):
@@ -100,7 +100,7 @@ def _pruning_callback(trial: optuna.Trial, monitor: str):
 
 def trial_stats(config) -> dict[str, Any]:
     """Params, MACs and receptive field at the training crop size (on the meta device: no memory, no time)."""
-    from ablations.describe import describe
+    from ablations.geometry.describe import describe
 
     crop = config.data.crop_size or config.data.image_size
     summary = describe(config, (crop, crop))
@@ -152,7 +152,7 @@ def _suggest(study: Study, trial: optuna.Trial) -> tuple[str | None, int, dict[s
 def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, progress: Progress) -> str:
     """Run one claimed trial to a recorded end; returns its final state name. Re-raises interruptions."""
     from ablations.config import ConfigError
-    from ablations.train import train
+    from ablations.training.train import train
 
     begun = time.perf_counter()  # the trial's own clock: its overhead is everything but the optimiser steps
     tid = board.trial_id(trial.number)
@@ -297,7 +297,7 @@ def train_in_subprocess(config, run_dir: Path, *, name: str, group: str, wandb_e
 
             raise ConfigError(tail.splitlines()[-1].removeprefix("ablations: error: ") if tail else message)
         if "training diverged" in tail:
-            from ablations.system import DivergedError
+            from ablations.training.system import DivergedError
 
             raise DivergedError(tail.split("training diverged", 1)[1].splitlines()[0].strip(": "))
         raise TrialProcessError(message + "\n" + tail)
@@ -340,7 +340,7 @@ def _inference_figures(config) -> dict[str, Any]:
 
 @functools.cache
 def _commit() -> str | None:
-    from ablations.timing import git_commit
+    from ablations.hardware import git_commit
 
     return git_commit()
 

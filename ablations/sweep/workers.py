@@ -18,10 +18,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ablations.study import Study
-from ablations.sweep.board import Board, claim, counts, mark_failed, reap_interrupted, top_up
+from ablations.sweep.board import Board, claim, counts, mark_failed, settle
 from ablations.sweep.placement import Placement, from_env, placement, start_line, visible_devices, worker_env
 from ablations.sweep.progress import Progress, quiet_libraries
+from ablations.sweep.study import Study
 from ablations.sweep.trial import REUSE_CAP, run_trial
 
 
@@ -65,7 +65,6 @@ def _ask(board: Board) -> optuna.Trial:
 
 def _next_trial(study: Study, board: Board, retry_failed: float | None, printer) -> optuna.Trial | None:
     if study.is_grid:
-        top_up(study, board, retry_failed=retry_failed)
         return claim(study, board, retry_failed=retry_failed)
     c = counts(study, board)
     # The budget counts distinct trained points; the cap stops a sampler that only proposes seen ones.
@@ -85,7 +84,7 @@ def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, 
     placed = from_env()
     while max_trials is None or ran < max_trials:
         board.check_storage()
-        reaped = reap_interrupted(board)
+        reaped = settle(study, board, retry_failed=retry_failed)
         if reaped:
             printer(f"[{study.name}] marked interrupted (their workers are gone) and queued again: trials {reaped}")
         trial = _next_trial(study, board, retry_failed, printer)

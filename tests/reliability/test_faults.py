@@ -1,7 +1,7 @@
 """Faults injected into real runs: processes killed (SIGKILL, SIGINT) at a given step, NaN and out-of-memory,
 concurrent workers on SQLite and PostgreSQL, a study file edited between runs, a storage deleted mid-sweep, a
 disk full while a checkpoint is written, corrupt and foreign checkpoints, and secrets that must never be
-written anywhere. Faults inside a run come from ``ablations.faults`` (``ABLATIONS_INJECT_FAULT``)."""
+written anywhere. Faults inside a run come from ``ablations.training.faults`` (``ABLATIONS_INJECT_FAULT``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import yaml
 from optuna.trial import TrialState
 
 from ablations.cli import main
-from ablations.faults import ENV
+from ablations.training.faults import ENV
 from tests.test_sweep import complete_keys, stored, wait_for, write_study
 
 # 8 steps, validated at 4 and 8, a last checkpoint every 2 steps: a run killed at step 7 resumes from step 6.

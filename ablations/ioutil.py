@@ -1,4 +1,5 @@
-"""Checks of what the user names on the command line or in a file, made before any work starts.
+"""The I/O helpers every part may use: checks of what the user names (paths, names, YAML files) made before any
+work starts, the first line of an error, redaction of secrets, and the commit the code runs at.
 
 Every path the tool will read or write, every name that becomes a file or folder name, and every YAML file go
 through here, so that bad input fails at once with one line naming the flag or file, the value and what is
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -182,3 +184,45 @@ __all__ = [
     "load_yaml",
     "read_text_file",
 ]
+
+
+def git_commit() -> str | None:
+    """The commit of the code that is running (the checkout this package lives in), or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def first_line(error: BaseException | str, limit: int | None = None) -> str:
+    """The first line of an error's message (its type's name when the message is empty), cut at ``limit``."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else (type(error).__name__ if isinstance(error, BaseException) else "")
+    return line[:limit] if limit is not None else line
+
+
+# user:password@ after the // of a URL (also of a malformed one, e.g. `postgresql//u:pw@h`), by SQLAlchemy's own
+# rule: the user ends at ':' or '/', the password at the first '@'.
+_USERINFO = re.compile(r"(?P<pre>//)(?P<user>[^\s:/@'\"?#]*):(?P<secret>[^\s@'\"]+)@")
+# ?password=… &sslpassword=… &api_key=… &token=… (query strings), and password=… in a libpq keyword string.
+_SECRET_PARAM = re.compile(
+    r"(?P<pre>(?:^|[?&;\s])[^=&#;\s?]*(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth|"
+    r"credential)[^=&#;\s]*=)(?P<secret>[^&#;\s'\"]*?)(?=[:,.)]*(?:[&#;\s'\"]|$))",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` (a storage URL, or a message that contains one) with every password replaced by ``***``: the
+    ``user:password@`` part of a URL, and query or keyword parameters named like a secret (``?password=``,
+    ``sslpassword``, ``api_key``, ``token``, …). Every URL the project prints, stores or logs goes through it.
+
+    >>> redact("postgresql://u:pw@h/db"), redact("postgresql://u@h/db?sslmode=require&password=pw")
+    ('postgresql://u:***@h/db', 'postgresql://u@h/db?sslmode=require&password=***')
+    """
+    text = str(text)
+    text = _USERINFO.sub(lambda m: f"{m['pre']}{m['user']}:***@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m['pre']}{'***' if m['secret'] else ''}", text)

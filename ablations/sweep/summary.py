@@ -55,7 +55,7 @@ def format_table(study, result: dict[str, Any], *, study_name: str, geometry: An
 
 def write_outputs(study, optuna_study, out_dir: Path, study_name: str) -> str:
     """Print-ready table; also ``summary.md``, ``summary.json`` and ``trials.json`` in the run folder."""
-    from ablations.geometry import study_geometry
+    from ablations.sweep.geometry import study_geometry
 
     geometry = study_geometry(study) if study.is_grid else None
     result = comparison(study, optuna_study, geometry=geometry)

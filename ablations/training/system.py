@@ -14,10 +14,10 @@ from torch import nn
 from ablations.config import ExperimentConfig
 from ablations.data import IGNORE_INDEX
 from ablations.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ablations.inference import predict_probabilities
-from ablations.metrics import SegmentationMetrics
 from ablations.model import build_model
 from ablations.results import names
+from ablations.training.inference import predict_probabilities
+from ablations.training.metrics import SegmentationMetrics
 
 
 class DivergedError(FloatingPointError):
@@ -89,7 +89,7 @@ class SegmentationSystem(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         logits = self(batch["image"])
-        # Masks travel as uint8 where the classes fit (ablations.data.module); cross_entropy takes int64 targets.
+        # Masks travel as uint8 where the classes fit (training.datamodule); cross_entropy takes int64 targets.
         target = batch["mask"].long()
         loss = segmentation_loss(logits, target, hard_pixel_fraction=self.config.train.hard_pixel_fraction)
         batch_size = batch["image"].shape[0]
@@ -128,7 +128,7 @@ class SegmentationSystem(pl.LightningModule):
         if not self.best or results[names.MIOU] > self.best[names.MIOU]:
             self.best = results
 
-    # A resumed run continues the validation history of the run it resumes (ablations.checkpoints).
+    # A resumed run continues the validation history of the run it resumes (ablations.training.checkpoints).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ablations"] = {"best": self.best, "history": self.history}
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
-from ablations.paths import load_yaml, read_text_file
+from ablations.ioutil import load_yaml, read_text_file
 from ablations.results import names
 
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
@@ -506,59 +506,6 @@ def _check_pruner(pruner: Mapping[str, Any], where: str) -> None:
             raise StudyError(f"{where}: pruner {kind!r}: {key}={value!r}: {allowed}")
 
 
-def run_metrics(config: ExperimentConfig) -> set[str]:
-    """The numeric metrics a trial of ``config`` records, i.e. what an objective may name: the validation
-    metrics (per-size mIoU on the embedded benchmark only, one ``val/IoU/<class>`` per class of the dataset),
-    training throughput (MFU on a GPU only), the run facts, the architecture statistics and the inference
-    figures."""
-    found = {
-        names.MIOU,
-        names.PIXEL_ACC,
-        names.BOUNDARY_MIOU,
-        names.TRAIN_IPS,
-        names.TRAIN_STEP_S,
-        names.PEAK_MB,
-        names.PARAMS,
-        names.BEST_STEP,
-        names.WALL_S,
-        names.MACS,
-        names.RECEPTIVE_FIELD,
-        names.OUTPUT_STRIDE,
-        names.INFER_IPS,
-        names.INFER_LATENCY_MS,
-        names.INFER_PEAK_MB,
-        names.INFER_MACS,
-        names.TRAIN_TIME_S,
-        names.OVERHEAD_S,
-        names.DATA_WAIT_S,
-        names.DATA_WAIT_SHARE,
-        names.TRIAL_S,
-        names.TRIAL_OVERHEAD_S,
-        names.TRIAL_OVERHEAD_SHARE,
-    }
-    data = config.data
-    if data.name == "synthetic":
-        found |= set(names.SIZE_MIOUS)
-    if config.train.uses_gpu():
-        found.add(names.TRAIN_MFU)
-    found |= {names.CLASS_IOU + c for c in class_names(config)}
-    return found
-
-
-def class_names(config: ExperimentConfig) -> tuple[str, ...]:
-    """The class names a run of ``config`` reports per-class IoU under (without touching the dataset)."""
-    from ablations.data import SIZE_BUCKETS, SYNTHETIC_SHAPES
-
-    data = config.data
-    if data.name == "synthetic":
-        return ("background", *(SIZE_BUCKETS[1:] if data.class_by == "size" else data.shapes or SYNTHETIC_SHAPES))
-    if data.name == "folder":
-        return tuple(f"class{i}" for i in range(config.head.num_classes))
-    from ablations.data.datasets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
-
-    return {"voc": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES}[data.name]
-
-
 def _objective(spec: Any, where: str) -> Objective:
     if isinstance(spec, str):
         spec = {"metric": spec}
@@ -606,7 +553,7 @@ def _check_configs(study: Study, where: str) -> None:
 def _check_objectives(study: Study, config: ExperimentConfig, where: str, arm: str) -> None:
     """Every objective names a numeric metric that a trial of ``config`` records; otherwise every trial would
     train and then fail."""
-    produced = run_metrics(config)
+    produced = names.run_metrics(config)
     for objective in study.objectives:
         if objective.metric in produced:
             continue
@@ -617,7 +564,7 @@ def _check_objectives(study: Study, config: ExperimentConfig, where: str, arm: s
         kept = sorted(m for m in produced if not m.startswith(names.CLASS_IOU))
         raise StudyError(
             f"{where}: objective metric={objective.metric!r}: no trial{arm} records it{hint} Allowed: {kept} or "
-            f"{names.CLASS_IOU}<class> for the classes {list(class_names(config))}"
+            f"{names.CLASS_IOU}<class> for the classes {list(names.class_names(config))}"
         )
 
 

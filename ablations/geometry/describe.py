@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
-from ablations.analysis import (
+from ablations.config import ExperimentConfig
+from ablations.dilation import scale_rates
+from ablations.geometry.analysis import (
     conv_geometry,
     count_macs,
     count_params,
@@ -19,8 +21,6 @@ from ablations.analysis import (
     network_field_of_view,
     stage_dilations,
 )
-from ablations.config import ExperimentConfig
-from ablations.dilation import scale_rates
 from ablations.model import DeepLab, build_model
 
 

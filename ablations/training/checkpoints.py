@@ -22,6 +22,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ablations.ioutil import first_line
+
 LAST = "last"
 RUN_ID_FILE = "wandb-run-id"
 # Fields that say how a run is executed, not what it trains: a run may resume under other values of these.
@@ -136,7 +138,7 @@ def resume_point(config_dict: dict[str, Any], out_dir: Path) -> tuple[Path, Path
         step = int(checkpoint["global_step"])
     except Exception as error:  # truncated, corrupt, or not one of ours
         fresh = _fresh_folder(out_dir)
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160] if str(error).strip() else ''}"
+        reason = f"{type(error).__name__}: {first_line(str(error), 160)}"
         return fresh, None, f"not resuming from {last}: it does not load ({reason}); starting clean in {fresh}"
     differences = config_differences(stored, config_dict)
     if differences:

@@ -9,12 +9,17 @@ Precisions: ``fp32`` is the CUDA-core (non-tensor) peak; ``tf32`` the tensor-cor
 on Ampere or later gets for the convolutions when ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default)
 and for matmuls when ``torch.backends.cuda.matmul.allow_tf32`` is; ``bf16`` and ``fp16`` the tensor-core peaks
 with fp32 accumulation (what autocast's convolutions and matmuls use). This module imports nothing of the
-project (it sits next to :mod:`ablations.timing`), so training and the benchmark both use it.
+project (it sits next to :mod:`ablations.hardware`), so training and the benchmark both use it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
+from pathlib import Path
+
+import torch
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
@@ -33,7 +38,7 @@ _PRECISION_ALIASES = {
     "fp16": "fp16",
 }
 
-TABLE_SOURCE = "ablations.gpus"  # how metrics name a peak taken from this table
+TABLE_SOURCE = "ablations.hardware"  # how metrics name a peak taken from this table
 LIGHTNING_SOURCE = "lightning get_available_flops"  # … and one taken from Lightning's (devices not listed here)
 
 
@@ -153,3 +158,20 @@ def device_peak_flops(device, precision: str) -> tuple[float | None, str | None]
     except Exception:  # an unknown device, a Lightning without the function
         fallback = None
     return (float(fallback), LIGHTNING_SOURCE) if fallback else (None, None)
+
+
+def cpu_name() -> str:
+    """``cpu: <model name> (<n> cores)``, from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for every queued kernel on ``device`` (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,7 +1,7 @@
 """One training run: config → checked data → Lightning Trainer → ``out_dir`` with the resolved config, the best
 checkpoint(s), the last checkpoint (``train.checkpoint_every``) and ``metrics.json``; every run is also a Weights &
 Biases run (offline without credentials). A run whose folder holds a last checkpoint of the same config resumes
-from it and continues its W&B run (``ablations.checkpoints``)."""
+from it and continues its W&B run (``ablations.training.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -22,16 +22,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ablations import checkpoints as resume
-from ablations import gpus
+from ablations import hardware
 from ablations.config import ConfigError, ExperimentConfig, TrainConfig
-from ablations.data.module import SegmentationDataModule
-from ablations.faults import InjectFault
-from ablations.paths import check_writable_dir
+from ablations.hardware import cpu_name, synchronize
+from ablations.ioutil import check_writable_dir
 from ablations.results import names
 from ablations.results.jsonable import json_safe
-from ablations.system import SegmentationSystem
-from ablations.timing import cpu_name, synchronize
+from ablations.training import checkpoints as resume
+from ablations.training.datamodule import SegmentationDataModule
+from ablations.training.faults import InjectFault
+from ablations.training.system import SegmentationSystem
 
 
 def wandb_mode() -> str:
@@ -81,7 +81,7 @@ class Throughput(pl.Callback):
     ``last.ckpt`` writes; validation and the best checkpoint's write excluded) sums to ``data_wait_s``. Training
     images/s and the median step time are of the steps after the first ``warmup``. On a GPU, model FLOP
     utilisation: Lightning's ``measure_flops`` of a step over the median step time over the device's dense peak
-    (:func:`ablations.gpus.device_peak_flops`: the project's datasheet table, else Lightning's figure)."""
+    (:func:`ablations.hardware.device_peak_flops`: the project's datasheet table, else Lightning's figure)."""
 
     def __init__(self, warmup: int = 3) -> None:
         self.warmup = warmup
@@ -107,7 +107,7 @@ class Throughput(pl.Callback):
             self.set_peak(module.device, trainer.precision)
 
     def set_peak(self, device: torch.device, precision: str) -> None:
-        self.available_flops, self.peak_source = gpus.device_peak_flops(device, precision)
+        self.available_flops, self.peak_source = hardware.device_peak_flops(device, precision)
 
     def on_train_batch_start(self, trainer, module, batch, batch_index) -> None:
         synchronize(module.device)
@@ -168,7 +168,7 @@ def lightning_deterministic(t: TrainConfig, gpu: bool) -> bool | str:
 def gpu_settings(t: TrainConfig, gpu: bool) -> dict[str, Any]:
     """How the run's kernels were chosen: determinism, cuDNN autotuning and (on a GPU) whether fp32 convolutions
     and matmuls may run in TF32 (None on a CPU, where TF32 does not exist)."""
-    tf32 = gpus.tf32_state() if gpu else {"cudnn": None, "matmul": None}
+    tf32 = hardware.tf32_state() if gpu else {"cudnn": None, "matmul": None}
     return {
         names.DETERMINISTIC: t.resolved_deterministic(gpu),
         names.CUDNN_BENCHMARK: t.resolved_cudnn_benchmark(gpu),

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ablations.analysis import conv_geometry, network_signature
-from ablations.study import Study
+from ablations.geometry.analysis import conv_geometry, network_signature
+from ablations.sweep.study import Study
 
 ANSWERABLE, PARTLY, CANNOT = "answerable", "partly answerable", "cannot answer"
 
@@ -187,7 +187,7 @@ def startup_warnings(study: Study) -> list[str]:
     """One line per arm whose studied convs are degenerate (or that is the same network as another arm) at the
     study's crop, naming the conv, the map and a profile under which the arm is measurable; [] when none."""
     from ablations.config import profile_names
-    from ablations.study import load_study
+    from ablations.sweep.study import load_study
 
     geometry = study_geometry(study)
     if geometry is None:

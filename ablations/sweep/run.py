@@ -1,0 +1,141 @@
+"""``ablations sweep`` end to end: load and check the study file, open (or create) its Optuna study, run the
+trials here or in ``--workers N`` local processes, then print the comparison table. Bad input raises
+``StudyError`` or ``SweepError`` before anything is created; the command line turns them into one line, exit 2."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ablations.ioutil import check_name, check_writable_dir, redact
+from ablations.sweep.board import open_study, settle
+from ablations.sweep.storage import check_storage_reachable, default_out_dir, open_storage, storage_url
+from ablations.sweep.study import Study, StudyError, load_study
+
+# The environment variable that hands a --workers N parent's start time to its workers (--retry-failed re-runs
+# failures recorded before the sweep started).
+STARTED_ENV = "ABLATIONS_SWEEP_STARTED"
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What ``ablations sweep`` was asked, one field per option."""
+
+    study_file: str
+    profile: str | None = None
+    sets: Sequence[str] = ()
+    seeds: Sequence[int] | None = None
+    budget: int | None = None
+    study_name: str | None = None
+    out: str | None = None
+    storage: str | None = None
+    workers: int = 1
+    worker: bool = False  # a child of --workers N
+    retry_failed: bool = False
+    max_trials: int | None = None
+    table_only: bool = False
+    strict: bool = False
+    argv: Sequence[str] = field(default=())  # the command's arguments, to start workers with
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """Where a finished sweep's results are: the study, its name in the storage, the storage URL, the run folder;
+    ``table`` is the comparison printed at the end (None for a worker, which prints none)."""
+
+    study: Study
+    name: str
+    url: str
+    out_dir: Path
+    table: str | None
+    status: int = 0
+
+
+def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> SweepOutcome:
+    """Run ``request`` to its end (or this worker's ``max_trials``). Raises ``StudyError`` / ``SweepError`` on bad
+    input (nothing created yet) and lets ``KeyboardInterrupt`` through (the interrupted trial is recorded)."""
+    from ablations import sweep
+
+    if request.study_name is not None:  # it becomes a folder name
+        check_name("--study-name", request.study_name, StudyError)
+    study = load_study(
+        request.study_file, profile=request.profile, sets=request.sets, seeds=request.seeds, budget=request.budget
+    )
+    warnings: list[str] = []
+    if not request.worker and not request.table_only:
+        from ablations.sweep.geometry import startup_warnings
+
+        warnings = startup_warnings(study)  # before anything is created, so --strict leaves nothing behind
+        if warnings and request.strict:
+            more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+            raise StudyError(f"--strict: {warnings[0].removeprefix('geometry: ')}{more}")
+    sweep.quiet_libraries()
+    name = request.study_name or study.name
+    out_dir = Path(request.out) if request.out else default_out_dir(study)
+    if request.study_name and not request.out:
+        out_dir = out_dir.parent / request.study_name
+    check_writable_dir("--out", out_dir, StudyError)  # before anything is created
+    inherited = os.environ.get(STARTED_ENV) if request.worker else None
+    started = float(inherited) if inherited else time.time()
+    retry = started if request.retry_failed else None
+    url = storage_url(out_dir, request.storage)
+    check_storage_reachable(url)
+    board = open_study(study, open_storage(url), name)
+    if request.table_only:
+        return SweepOutcome(study, name, url, out_dir, sweep.write_outputs(study, board.study, out_dir, name))
+    if not request.worker:
+        for line in warnings:
+            printer(line)
+        printer(_start_line(study, name, url, out_dir))
+    status = 0
+    if request.workers > 1 and not request.worker:
+        settle(study, board, retry_failed=retry)  # once, before the workers: each does it again per claim
+        status = sweep.spawn_workers(
+            worker_argv(request.argv), request.workers, started=started, study=study, name=name, printer=printer
+        )
+    else:
+        if request.worker and os.environ.get("OMP_NUM_THREADS"):  # this worker's share (sweep.placement)
+            import torch
+
+            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        sweep.work(
+            study, board, out_dir, workers=request.workers, retry_failed=retry, max_trials=request.max_trials,
+            printer=printer,
+        )  # fmt: skip
+    if request.worker:
+        return SweepOutcome(study, name, url, out_dir, None)
+    table = sweep.write_outputs(study, board.study, out_dir, name)
+    return SweepOutcome(study, name, url, out_dir, table, status)
+
+
+def _start_line(study: Study, name: str, url: str, out_dir: Path) -> str:
+    size = (
+        f"{study.total} trials ({len(study.arms)} arms × {len(study.seeds)} seeds)"
+        if study.is_grid
+        else f"{study.total} trials sampled by {study.sampler}"
+    )
+    auto = (
+        f" (auto: {'a CUDA GPU' if study.profile == 'faithful' else 'no CUDA GPU'} here)"
+        if study.requested_profile == "auto"
+        else ""
+    )
+    return f"study {name}: {size} · profile {study.profile}{auto} · storage {redact(url)} · run folder {out_dir}"
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """The parent's arguments for a worker: the same study, one worker per process."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        out.append(arg)
+    return out
