@@ -118,7 +118,8 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     from ablations.bench import environment as bench_environment
-    from ablations.hardware import cpu_name, git_commit
+    from ablations.hardware import cpu_name
+    from ablations.ioutil import git_commit
 
     env = bench_environment(torch.device(device))
     env["lightning"] = lightning.__version__

@@ -482,7 +482,7 @@ def generate(
     if not inputs:
         raise ResultsError(f"no study has data: no {data_dir}/<study>.csv and no storage given or found")
     papers = load_papers(papers_file) if papers_file.is_file() else []
-    from ablations.hardware import git_commit
+    from ablations.ioutil import git_commit
 
     commit = git_commit()
     writes: dict[Path, bytes | str] = {}

@@ -340,7 +340,7 @@ def _inference_figures(config) -> dict[str, Any]:
 
 @functools.cache
 def _commit() -> str | None:
-    from ablations.hardware import git_commit
+    from ablations.ioutil import git_commit
 
     return git_commit()
 

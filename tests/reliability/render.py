@@ -37,7 +37,8 @@ def main(argv: list[str]) -> int:
     if not rows:
         print(f"no rows in {rows_file}: did the suite run?", file=sys.stderr)
         return 1
-    from ablations.hardware import cpu_name, git_commit
+    from ablations.hardware import cpu_name
+    from ablations.ioutil import git_commit
 
     page = render(rows, git_commit() or "unknown", cpu_name() or platform.machine())
     out.parent.mkdir(parents=True, exist_ok=True)
