@@ -11,8 +11,9 @@ import time
 import typing
 from pathlib import Path
 
-from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
+from ablations.config import INT_MAX, SEED_MAX, ConfigError, ExperimentConfig, load_config, profile_names
 from ablations.ioutil import check_name, check_readable_file, check_writable_dir, check_writable_file, first_line
+from ablations.results.jsonable import json_safe
 
 
 def _positive(text: str) -> int:
@@ -20,8 +21,8 @@ def _positive(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
+    if not 1 <= value <= INT_MAX:  # torch holds sizes and counts in 64 bits
+        raise argparse.ArgumentTypeError(f"{value} must be 1 … {INT_MAX} (2**63 − 1)")
     return value
 
 
@@ -136,22 +137,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _int_list(text: str, *, minimum: int, distinct: bool, example: str) -> list[int]:
+def _int_list(text: str, *, minimum: int, maximum: int, distinct: bool, example: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. {example}") from None
-    if not values or any(v < minimum for v in values) or (distinct and len(set(values)) != len(values)):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected {'distinct ' if distinct else ''}integers ≥ {minimum}")
+    if not values or any(not minimum <= v <= maximum for v in values) or (distinct and len(set(values)) != len(values)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected {'distinct ' if distinct else ''}integers {minimum} … {maximum}"
+        )
     return values
 
 
 def _batch_list(text: str) -> list[int]:
-    return _int_list(text, minimum=1, distinct=False, example="1,8")
+    return _int_list(text, minimum=1, maximum=INT_MAX, distinct=False, example="1,8")
 
 
 def _seed_list(text: str) -> list[int]:
-    return _int_list(text, minimum=0, distinct=True, example="0,1,2")
+    return _int_list(text, minimum=0, maximum=SEED_MAX, distinct=True, example="0,1,2")  # each becomes train.seed
 
 
 def _error(message: object) -> int:
@@ -225,9 +228,11 @@ def _train(
 
     if rank_zero_only.rank != 0:  # another DDP rank: rank 0 reports the run (and alone wrote its files)
         return 0
+    from ablations.results.tables import fmt_measured
+
     print(
-        f"val/mIoU {metrics['val/mIoU']:.4f} (best at step {metrics['best_step']}), "
-        f"{metrics.get('train/images_per_s', float('nan')):.1f} training images/s on {metrics['device']}, "
+        f"val/mIoU {fmt_measured(metrics.get('val/mIoU'), '.4f')} (best at step {metrics['best_step']}), "
+        f"training images/s {fmt_measured(metrics.get('train/images_per_s'), '.1f')} on {metrics['device']}, "
         f"{metrics['wall_time_s']:.0f} s in all; wrote {metrics['out_dir']}/metrics.json"
     )
     return 0
@@ -250,7 +255,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(json_safe(metrics), indent=2))  # an IoU not measured (class absent) is null, not NaN
     return 0
 
 
@@ -299,7 +304,7 @@ def _bench(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(table + "\n")
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(json_safe(result), indent=2))  # a figure not measured is null: NaN is no JSON
     else:
         print()
         print(table)
@@ -374,6 +379,8 @@ def _report(args: argparse.Namespace) -> int:
     if runs is not None and not args.runs and not any(runs.glob("*/optuna.db")):
         runs = None  # the default folder holds no storage: report from the committed data
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    # The top-level README's results table follows reports/ only: a report written elsewhere leaves it alone.
+    readme = Path("README.md") if Path(args.out).resolve() == Path("reports").resolve() else None
     try:
         reports = generate(
             sweeps_dir=Path(args.sweeps),
@@ -385,6 +392,7 @@ def _report(args: argparse.Namespace) -> int:
             formats=formats,
             bench=args.bench,
             wandb=not args.no_wandb,
+            readme=readme if readme is not None and readme.is_file() else None,
         )
     except ResultsError as error:
         return _error(error)

@@ -1,15 +1,11 @@
 """The experiment config: one small frozen dataclass per part, composed into :class:`ExperimentConfig`.
 
 Keys are the papers' words (``output_stride``, ``multi_grid``, ``image_pooling``, ``low_level_channels``).
-Every field carries a one-line ``doc`` (what it is and the paper section); ``ablations describe`` and the
-README's axis table come from it. Validation lives here and only here: a bad value raises
-:class:`ConfigError` naming the field, the value and what is allowed. Fields whose default depends on
-another field (``context.rates`` depends on ``context.kind`` and ``context.preset``) default to ``None`` and
-are resolved in ``__post_init__``, so a resolved config round-trips through ``to_dict``/``from_dict``.
-
-Why one file of ~600 lines: the parts validate against each other (a decoder needs the backbone's strides, the
-context its output stride), and keeping every rule of the design space in one place is what "validation lives
-here and only here" means; each dataclass is short and self-contained.
+Every field carries a one-line ``doc`` (what it is and the paper section; ``field_docs()``). Validation lives
+here and only here: a bad value raises :class:`ConfigError` naming the field, the value and what is allowed.
+Fields whose default depends on another field (``context.rates`` on ``context.kind`` and ``context.preset``)
+default to ``None`` and are resolved in ``__post_init__``, so a resolved config round-trips through
+``to_dict``/``from_dict``. Every axis and its semantics: ``docs/design-space.md``.
 """
 
 from __future__ import annotations
@@ -55,6 +51,22 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={shown!r}: {allowed}{finite}")
 
 
+# Every seed reaches ``lightning.seed_everything`` (and through it ``numpy.random.seed``, whose legacy generator takes
+# 0 … 2**32 − 1; ``torch.manual_seed`` takes more, ``numpy.random.SeedSequence`` any integer ≥ 0): the range all of
+# them accept is the one every seed of a config, a study file and ``--seeds`` allows.
+SEED_MAX = 2**32 - 1
+SEED_RANGE = f"an integer 0 … {SEED_MAX} (2**32 − 1, the range NumPy and Lightning's seed_everything accept)"
+# The net under every integer field (``_build``): torch, NumPy and Lightning hold integers in a C int64; fields
+# with a tighter range (seeds) check it themselves, first.
+INT_MAX = 2**63 - 1
+INT64_RANGE = "a 64-bit integer (−2**63 … 2**63 − 1)"
+
+
+def is_seed(value: Any) -> bool:
+    """An integer (not a bool) that every library's seeding accepts: 0 … 2**32 − 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX
+
+
 def _choice(key: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     _require(value in choices, key, value, f"allowed {choices}")
@@ -66,7 +78,10 @@ def _choice(key: str, value: Any, choices: Iterable[Any]) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneConfig:
-    name: str = _field("resnet50", "encoder: resnet18|resnet34|resnet50|resnet101 (v3 §4) or mobilenet_v2 (smp)")
+    name: str = _field(
+        "resnet50",
+        "encoder: resnet18|resnet34|resnet50|resnet101 (v3 §4), mobilenet_v2 (smp), vgg16|vgg16_bn (v1/v2's VGG-16)",
+    )
     width: float = _field(1.0, "channel width multiplier of the encoder; 1.0 is the published network")
     output_stride: int = _field(16, "input size / final feature size, reached with atrous convolution (v3 §3.1)")
     multi_grid: tuple[int, ...] | None = _field(
@@ -165,6 +180,7 @@ class ContextConfig:
     channels: int | None = _field(None, "branch width: 256 (v3) for concat/spp, 1024 (v2 fc6/fc7) for sum")
     dropout: float = _field(0.1, "dropout after the projection / in v2 branches (TF keep 0.9; torchvision 0.5)")
     bins: tuple[int, ...] | None = _field(None, "SPP pyramid levels n×n (SPP-net Fig. 3: 4×4, 2×2, 1×1 = 21 bins)")
+    kernel_size: int = _field(3, "fc6 kernel of the v2 heads (largefov, merge=sum): 3, or 4 / 7 as in v2 Table 1")
 
     def __post_init__(self) -> None:
         _choice("context.kind", self.kind, CONTEXT_KINDS)
@@ -216,6 +232,22 @@ class ContextConfig:
         _require(0 <= self.dropout < 1, "context.dropout", self.dropout, "allowed 0 ≤ p < 1")
         if self.bins is not None:
             _require(len(self.bins) > 0 and all(b >= 1 for b in self.bins), "context.bins", self.bins, "integers ≥ 1")
+        _require(
+            isinstance(self.kernel_size, int)
+            and not isinstance(self.kernel_size, bool)
+            and 1 <= self.kernel_size <= 15,
+            "context.kernel_size",
+            self.kernel_size,
+            "an integer 1..15",
+        )
+        if self.kernel_size != 3:
+            _require(
+                self.kind == "largefov" or self.merge == "sum",
+                "context.kernel_size",
+                self.kernel_size,
+                "applies to the v2 heads (context.kind=largefov, or aspp with merge=sum); the others are 3×3",
+            )
+            _require(not self.separable, "context.kernel_size", self.kernel_size, "separable branches are 3×3")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,8 +284,10 @@ class EvalConfig:
     output_stride: int | None = _field(None, "output stride at evaluation, rates rescaled (v3 Table 10); null = train")
     scales: tuple[float, ...] = _field((1.0,), "inference scales, softmax averaged (v3 §4.3: 0.5 … 1.75)")
     flip: bool = _field(False, "also average the left-right flipped prediction (v3 Table 4)")
+    fusion: str = _field("mean", "how scales and flips combine: mean of the softmax (v3) | max (v2's MSC fusion)")
 
     def __post_init__(self) -> None:
+        _choice("eval.fusion", self.fusion, ("mean", "max"))
         _require(
             len(self.scales) > 0 and all(s > 0 and math.isfinite(s) for s in self.scales),
             "eval.scales",
@@ -298,6 +332,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _choice("data.name", self.name, DATASET_NAMES)
+        _require(is_seed(self.seed), "data.seed", self.seed, SEED_RANGE)
         for key in ("image_size", "train_samples", "val_samples", "crop_size", "batch_size"):
             _require(getattr(self, key) >= 1, f"data.{key}", getattr(self, key), "an integer ≥ 1")
         _require(self.image_size >= 16, "data.image_size", self.image_size, "at least 16 pixels")
@@ -342,6 +377,20 @@ class TrainConfig:
     weight_decay: float = _field(1e-4, "L2 weight decay")
     poly_power: float = _field(0.9, "poly schedule lr·(1 − step/max_steps)^power, stepped every iteration (v2 §4)")
     warmup_steps: int = _field(0, "linear warm-up iterations before the poly schedule (detectron2 WarmupPolyLR)")
+    lr_policy: str = _field(
+        "poly", "learning-rate policy: poly (v2 §4.1, every iteration) | step (×lr_gamma every lr_step)"
+    )
+    lr_step: float | None = _field(
+        None, "step policy: iterations between drops (v1/v2 §4.1: 2,000), or a fraction 0..1 of max_steps (1/3 = v2's)"
+    )
+    lr_gamma: float = _field(0.1, "factor of each drop of the step policy (v1/v2: 0.1)")
+    loss_at: str = _field(
+        "logits", "where the loss is taken: logits (upsampled to the labels, v3) | labels (labels subsampled, v2)"
+    )
+    freeze_bn: bool = _field(False, "freeze BatchNorm: running statistics and affine parameters fixed (v3 Table 8)")
+    msc_scales: tuple[float, ...] = _field(
+        (1.0,), "multi-scale input training (v2 MSC: 0.5, 0.75, 1): a loss on each scale's map and on their max"
+    )
     bn_momentum: float = _field(0.0003, "BatchNorm momentum, PyTorch convention (TF decay 0.9997 = 0.0003, v3 §4)")
     hard_pixel_fraction: float = _field(1.0, "keep the hardest fraction of pixels in the loss; 1.0 = plain CE")
     val_every: int | None = _field(None, "validate every N steps (must divide max_steps); null = once at the end")
@@ -374,6 +423,7 @@ class TrainConfig:
                 "train.deterministic=true with train.cudnn_benchmark=true: autotuning picks non-deterministic "
                 "cuDNN algorithms; set one of them false (or cudnn_benchmark null)"
             )
+        _require(is_seed(self.seed), "train.seed", self.seed, SEED_RANGE)
         _require(self.max_steps >= 1, "train.max_steps", self.max_steps, "an integer ≥ 1")
         _require(0 < self.lr <= 100, "train.lr", self.lr, "0 < lr ≤ 100")
         _require(0 <= self.momentum < 1, "train.momentum", self.momentum, "0 ≤ momentum < 1")
@@ -381,6 +431,31 @@ class TrainConfig:
         _require(0 <= self.poly_power <= 100, "train.poly_power", self.poly_power, "0 ≤ power ≤ 100")
         _require(0 <= self.warmup_steps < self.max_steps, "train.warmup_steps", self.warmup_steps, "0 ≤ w < max_steps")
         _require(0 < self.bn_momentum <= 1, "train.bn_momentum", self.bn_momentum, "0 < m ≤ 1")
+        _choice("train.lr_policy", self.lr_policy, ("poly", "step"))
+        if self.lr_policy == "step":
+            number = isinstance(self.lr_step, int | float) and not isinstance(self.lr_step, bool)
+            whole = number and self.lr_step >= 1 and float(self.lr_step).is_integer()
+            fraction = number and 0 < self.lr_step < 1
+            _require(
+                (whole and 1 <= self.lr_step <= self.max_steps) or (fraction and self.resolved_lr_step >= 1),
+                "train.lr_step",
+                self.lr_step,
+                f"the step policy needs iterations 1..train.max_steps={self.max_steps} or a fraction 0 < f < 1 of "
+                "them (at least one iteration)",
+            )
+            _require(0 < self.lr_gamma < 1, "train.lr_gamma", self.lr_gamma, "0 < gamma < 1")
+        else:
+            _require(self.lr_step is None, "train.lr_step", self.lr_step, "used by train.lr_policy=step only")
+        _choice("train.loss_at", self.loss_at, ("logits", "labels"))
+        _require(
+            len(self.msc_scales) > 0
+            and 1.0 in self.msc_scales
+            and len(set(self.msc_scales)) == len(self.msc_scales)
+            and all(0 < s <= 4 and math.isfinite(s) for s in self.msc_scales),
+            "train.msc_scales",
+            self.msc_scales,
+            "distinct scales in (0, 4] that include 1 (the map the others are fused onto), e.g. [0.5, 0.75, 1]",
+        )
         _require(0 < self.hard_pixel_fraction <= 1, "train.hard_pixel_fraction", self.hard_pixel_fraction, "0 < f ≤ 1")
         if self.val_every is not None:
             _require(
@@ -395,6 +470,13 @@ class TrainConfig:
         _choice("train.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
         _require(self.devices >= 1, "train.devices", self.devices, "an integer ≥ 1")
         _choice("train.precision", self.precision, PRECISIONS)
+
+    @property
+    def resolved_lr_step(self) -> int | None:
+        """The step policy's drop interval in iterations (a fraction of ``max_steps`` rounded to whole ones)."""
+        if self.lr_step is None:
+            return None
+        return round(self.lr_step * self.max_steps) if self.lr_step < 1 else int(self.lr_step)
 
     def uses_gpu(self) -> bool:
         """Whether runs of this config train on a CUDA GPU (``accelerator`` auto picks one when present)."""
@@ -462,6 +544,27 @@ class ExperimentConfig:
                     scale_rates(context.rates, context.reference_output_stride, os_)
                 except ValueError as error:
                     raise ConfigError(f"context.rates={list(context.rates)} with {key}={os_}: {error}") from None
+                k = context.kernel_size
+                odd = [r for r in scale_rates(context.rates, context.reference_output_stride, os_) if (k - 1) * r % 2]
+                _require(
+                    not odd,
+                    "context.kernel_size",
+                    k,
+                    f"a {k}×{k} fc6 at rate(s) {odd} ({key}={os_}) spans an even number of pixels, with no centre; "
+                    "use even rates with an even kernel",
+                )
+        if self.train.loss_at == "labels":
+            # Labels subsampled to the logits' grid (every s-th pixel, s = the logits' stride): cell i of a map at
+            # stride s is centred on pixel i·s, so a crop of k·s or k·s + 1 pixels (v2's 321, v3's 513) fits it.
+            stride = 4 if self.decoder.enabled else backbone.output_stride
+            crop = self.data.crop_size or self.data.image_size
+            _require(
+                crop % stride in (0, 1),
+                "data.crop_size",
+                crop,
+                f"train.loss_at=labels subsamples the labels by the logits' stride {stride}: a multiple of {stride}, "
+                f"or one more (e.g. {stride * (crop // stride)} or {stride * (crop // stride) + 1})",
+            )
         if context.merge == "sum":
             _require(
                 not self.decoder.enabled,
@@ -605,7 +708,19 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key, value in kwargs.items():  # every field checks its own range; this is the net for one that forgot
         if _non_finite(value):
             raise ConfigError(f"{prefix}{key}={_show(value)!r}: expected a finite number")
+        if _beyond_int64(value):
+            raise ConfigError(f"{prefix}{key}={_show(value)!r}: {INT64_RANGE}")
     return built
+
+
+def _beyond_int64(value: Any) -> bool:
+    """An integer (or a tuple or mapping holding one) that a C int64 cannot hold (torch, NumPy and Lightning take
+    sizes, counts and rates as one: a larger one is an "Overflow when unpacking long" from deep inside them)."""
+    if isinstance(value, tuple | list):
+        return any(_beyond_int64(v) for v in value)
+    if isinstance(value, dict):
+        return any(_beyond_int64(v) for v in value.values())
+    return isinstance(value, int) and not isinstance(value, bool) and not -INT_MAX - 1 <= value <= INT_MAX
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

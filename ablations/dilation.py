@@ -76,6 +76,10 @@ class BackboneLayout:
     stem_stride: int  # feature stride entering layer1
     natural_strides: tuple[int, int, int, int]  # stride of layer1..layer4 without dilation
     supports_cascade: bool = True
+    # VGG-16: the strides sit in max-pools, not in a stage's first conv; pool1..pool4 open layer1..layer4 and
+    # pool5 (``tail_stride``) follows layer4. There are no residual units, so no multi-grid and no HDC.
+    strided_pools: bool = False
+    tail_stride: int = 1
 
     def stage_names(self, cascade: int) -> tuple[str, ...]:
         return RESIDUAL_STAGES + CASCADE_STAGES[:cascade]
@@ -86,7 +90,7 @@ class BackboneLayout:
         return self.units[RESIDUAL_STAGES.index(stage)]
 
     def natural_output_stride(self, cascade: int) -> int:
-        stride = self.stem_stride
+        stride = self.stem_stride * self.tail_stride
         for s in self.natural_strides:
             stride *= s
         return stride * 2**cascade
@@ -107,7 +111,22 @@ LAYOUTS: dict[str, BackboneLayout] = {
     "resnet50": BackboneLayout((3, 4, 6, 3), 1, 4, (1, 2, 2, 2)),
     "resnet101": BackboneLayout((3, 4, 23, 3), 1, 4, (1, 2, 2, 2)),
     "mobilenet_v2": BackboneLayout((2, 3, 7, 4), 1, 2, (2, 2, 2, 2), supports_cascade=False),
+    # DeepLab v1/v2's VGG-16 (arXiv:1412.7062 §3.1, TPAMI §4.1): conv1_1..2 before pool1; layer1..layer4 are
+    # pool1 + conv2_x, pool2 + conv3_x, pool3 + conv4_x and pool4 + conv5_x, one 3×3 conv per "unit"; pool5 ends
+    # it. Output stride 8 = pool4 and pool5 at stride 1, conv5 at rate 2 (the papers' network).
+    "vgg16": BackboneLayout(
+        (2, 3, 3, 3), 1, 1, (2, 2, 2, 2), supports_cascade=False, strided_pools=True, tail_stride=2
+    ),
+    "vgg16_bn": BackboneLayout(
+        (2, 3, 3, 3), 1, 1, (2, 2, 2, 2), supports_cascade=False, strided_pools=True, tail_stride=2
+    ),
 }
+
+
+def tail_stride(layout: BackboneLayout, plan: Sequence[StagePlan], output_stride: int) -> int:
+    """The stride of what follows the last stage (VGG's pool5): natural while the output stride allows it."""
+    reached = plan[-1].out_stride
+    return layout.tail_stride if reached * layout.tail_stride <= output_stride else 1
 
 
 def multi_grid_stages(cascade: int) -> tuple[str, ...]:
@@ -139,6 +158,17 @@ def dilation_plan(
     if first_unit not in FIRST_UNIT_CONVENTIONS:
         raise ValueError(f"first_unit={first_unit!r}: allowed {list(FIRST_UNIT_CONVENTIONS)}")
     block4_units = layout.units[3]
+    if layout.strided_pools:
+        if multi_grid is not None and any(m != 1 for m in multi_grid):
+            raise ValueError(f"multi_grid={list(multi_grid)}: VGG-16 has no residual units to multiply; allowed null")
+        if hdc:
+            raise ValueError(
+                f"hdc={ {k: list(v) for k, v in hdc.items()} }: VGG-16 has no residual units; allowed {{}}"
+            )
+        if first_unit != "full":
+            raise ValueError(
+                f"first_unit={first_unit!r}: VGG-16's strides sit in its pools, not in a conv; allowed 'full'"
+            )
     multi_grid = tuple(multi_grid) if multi_grid is not None else (1,) * block4_units
     if len(multi_grid) != block4_units:
         raise ValueError(

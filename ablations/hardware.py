@@ -1,6 +1,7 @@
-"""Peak dense FLOP/s of the GPUs the project runs on, from the vendors' datasheets, for model FLOP utilisation.
+"""The machine: peak dense FLOP/s of the GPUs the project runs on (vendors' datasheets, for model FLOP utilisation),
+the CPU's name and device synchronisation.
 
-Why a table of our own: Lightning's ``get_available_flops`` lists the H200 under names no driver reports
+A table of our own, because Lightning's ``get_available_flops`` lists the H200 under names no driver reports
 ("h200 sxm1", "h200 nvl1"), so a real H200 ("NVIDIA H200") gets no figure, and its Hopper rows are the
 datasheets' *with sparsity* tensor-core figures, twice what a dense convolution or matmul can reach. Every
 figure here is **dense** (the datasheets' sparsity figures halved), in FLOP/s, per GPU, at boost clock.
@@ -9,7 +10,7 @@ Precisions: ``fp32`` is the CUDA-core (non-tensor) peak; ``tf32`` the tensor-cor
 on Ampere or later gets for the convolutions when ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default)
 and for matmuls when ``torch.backends.cuda.matmul.allow_tf32`` is; ``bf16`` and ``fp16`` the tensor-core peaks
 with fp32 accumulation (what autocast's convolutions and matmuls use). This module imports nothing of the
-project (it sits next to :mod:`ablations.hardware`), so training and the benchmark both use it.
+project, so training and the benchmark both use it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
@@ -45,33 +44,6 @@ def _fresh_wandb():
     import wandb
 
     wandb.teardown()
-
-
-@pytest.fixture(scope="module")
-def geometry_once_per_study():
-    """``ablations.sweep.geometry.study_geometry`` computed once per study for the module that asks for it: building
-    every arm on the meta device (BatchNorm through torch's Python decompositions) is most of the time of the
-    geometry, report and bad-input tests, which check the same studies many times, directly and through
-    ``startup_warnings``, ``ablations sweep`` and ``ablations report``. The first call for a study runs the real
-    code; later ones get that result. The key is everything ``study_geometry`` reads: the study but its path and
-    description (a copy of a study file in another test's folder is the same study), the base config's text, the
-    seed."""
-    from ablations.report import build
-    from ablations.sweep import geometry
-
-    compute, results = geometry.study_geometry, {}
-
-    def once(study, seed=None):
-        base = study.base.read_text() if study.base is not None and study.base.is_file() else None
-        key = (repr(dataclasses.replace(study, path=None, description="")), base, seed)
-        if key not in results:
-            results[key] = compute(study, seed)
-        return results[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(geometry, "study_geometry", once)  # startup_warnings and results.summary look it up here
-        patch.setattr(build, "study_geometry", once)
-        yield once
 
 
 @pytest.fixture

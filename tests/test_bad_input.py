@@ -9,6 +9,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,8 @@ fixed:
 axis: {name: os, key: backbone.output_stride, values: [8, 16]}
 seeds: [0]
 """
-# The sweep commands below check the tiny study's geometry before they fail; it is computed once for the module
-# (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("geometry_once_per_study")
+# The sweep commands below check the tiny study's geometry before they fail; each arm's is computed once per process
+# (ablations.geometry.cache).
 
 
 def _one_line_error(capsys, argv, *needles: str, code: int = 2) -> str:
@@ -297,7 +297,7 @@ def test_every_metric_the_recorded_trials_hold_is_an_allowed_objective():
         ({"description": ["a"]}, "description=['a']"),
         ({"sampler": ["tpe"]}, "sampler=['tpe']"),
         ({"seeds": [0, 0]}, "seeds=[0, 0]"),
-        ({"seeds": [-1]}, "seeds=[-1]"),
+        ({"seeds": [-1]}, "seeds=-1: an integer 0 … 4294967295"),
         ({"baseline": "32"}, "baseline='32': one of the arms"),
         ({"pruner": {"kind": "median", "n_startup_trials": 3}}, "unknown setting(s) ['n_startup_trials']"),
         ({"pruner": {"kind": "fast"}}, "pruner={'kind': 'fast'}"),
@@ -431,7 +431,7 @@ def test_a_corrupt_image_stops_training_before_the_first_step(capsys, corrupt_fo
         (["describe", "--set", "train.max_steps=1.5"], "expected an integer"),
         (["describe", "--set", "backbone.output_stride"], "expected KEY=VALUE"),
         (["describe", "--profile", "fast"], "invalid choice: 'fast'"),
-        (["sweep", "sweeps/multigrid.yaml", "--workers", "0"], "--workers: 0 must be ≥ 1"),
+        (["sweep", "sweeps/multigrid.yaml", "--workers", "0"], "--workers: 0 must be 1 …"),
         (["sweep", "sweeps/multigrid.yaml", "--seeds", "0,0"], "distinct integers"),
         (["sweep", "sweeps/multigrid.yaml", "--seeds", "a"], "expected integers"),
         (["sweep", "sweeps/multigrid.yaml", "--set", "backbone.multi_grid=1,2,4"], "which the study varies"),
@@ -444,3 +444,134 @@ def test_a_corrupt_image_stops_training_before_the_first_step(capsys, corrupt_fo
 def test_common_mistakes_give_one_line(capsys, monkeypatch, tmp_path, argv, needle):
     monkeypatch.chdir(ROOT)
     _one_line_error(capsys, argv, needle)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Seeds and integers that reach a library: the range the libraries accept, refused in one line before any work.
+
+
+def _seed_fields(cls=ExperimentConfig, prefix=""):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _seed_fields(hints[f.name], f"{prefix}{f.name}.")
+        elif "seed" in f.name:
+            yield f"{prefix}{f.name}"
+
+
+SEED_FIELDS = list(_seed_fields())
+
+
+def test_the_seed_range_is_the_one_the_libraries_accept():
+    from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
+
+    from ablations.config import SEED_MAX
+
+    assert (min_seed_value, max_seed_value) == (0, SEED_MAX) == (0, 2**32 - 1)
+    np.random.seed(SEED_MAX)  # the legacy generator seed_everything seeds: 0 … 2**32 − 1
+    with pytest.raises(ValueError):
+        np.random.seed(SEED_MAX + 1)
+    with pytest.raises(ValueError):
+        np.random.default_rng(-1)
+    assert SEED_FIELDS == ["data.seed", "train.seed"]
+
+
+@pytest.mark.parametrize("key", SEED_FIELDS)
+def test_every_seed_field_accepts_exactly_0_to_2_32_minus_1(key):
+    for good in (0, 2**32 - 1):
+        load_config(overrides=[(key, good)])
+    for bad in (-1, 2**32, 2**64):
+        with pytest.raises(ConfigError, match=re.escape(f"{key}={bad}: an integer 0 … 4294967295")):
+            load_config(overrides=[(key, bad)])
+
+
+def test_a_negative_training_seed_is_one_line_before_training(capsys, tmp_path):
+    argv = ["train", "--profile", "quick", "--set", "train.seed=-1", "--out", str(tmp_path / "run")]
+    _one_line_error(capsys, argv, "train.seed=-1", "0 … 4294967295")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seeds", ["99999999999", "0,4294967296", "-1"])
+def test_sweep_seeds_out_of_range_are_one_line_before_anything_is_created(capsys, monkeypatch, tmp_path, seeds):
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", str(ROOT / "sweeps" / "multigrid.yaml"), f"--seeds={seeds}"]
+    _one_line_error(capsys, argv, "--seeds", repr(seeds), "0 … 4294967295")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seeds", [[-1], [0, 2**32], [99999999999]])
+def test_study_file_seeds_out_of_range_are_refused_at_load(seeds):
+    bad = next(s for s in seeds if not 0 <= s < 2**32)
+    with pytest.raises(StudyError, match=re.escape(f"seeds={bad}: an integer 0 … 4294967295")):
+        parse_study(_study(seeds=seeds))
+    parse_study(_study(seeds=[0, 2**32 - 1]))
+
+
+def test_the_largest_seed_is_suggested_under_a_study_stored_with_the_old_seed_range(tmp_path):
+    # Grid trials suggested "seed" in 0 … 2**31 − 1 before; a stored study keeps that distribution. Optuna compares
+    # a parameter's distributions by kind and log scale only, so the wider range and its largest seed go on.
+    import optuna
+    from optuna.trial import TrialState
+
+    from ablations import sweep
+    from ablations.sweep.trial import _suggest
+
+    study = parse_study(_study(seeds=[0, 2**32 - 1]))
+    board = sweep.open_study(study, sweep.open_storage(f"sqlite:///{tmp_path / 'old.db'}"), "tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Optuna: a heartbeat storage is meant for Study.optimize
+        old = board.study.ask()
+    old.suggest_categorical("arm", list(study.arm_labels))
+    old.suggest_int("seed", 0, 2**31 - 1)
+    board.study.tell(old, values=[0.5])
+    sweep.top_up(study, board)
+    seeds = []
+    while (trial := sweep.claim(study, board)) is not None:
+        seeds.append(_suggest(study, trial)[1])
+        board.study.tell(trial, values=[0.5])
+    assert sorted(seeds) == [0, 0, 2**32 - 1, 2**32 - 1]
+    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'old.db'}")
+    assert {t.params["seed"] for t in stored.get_trials(states=(TrialState.COMPLETE,))} >= {2**32 - 1}
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("data.max_objects=18446744073709551616", "data.max_objects=18446744073709551616"),
+        ("train.max_steps=9223372036854775808", "train.max_steps=9223372036854775808"),
+        ("context.rates=6,12,99999999999999999999", "context.rates=[6, 12, 99999999999999999999]"),
+    ],
+)
+def test_an_integer_beyond_64_bits_is_one_line(capsys, override, needle):
+    # torch, NumPy and Lightning hold integers in 64 bits; beyond that they fail deep inside with an overflow.
+    _one_line_error(capsys, ["describe", "--set", override], needle, "a 64-bit integer")
+
+
+def test_an_input_size_beyond_64_bits_is_one_line(capsys):
+    _one_line_error(capsys, ["describe", "--input-size", "1", str(2**63)], "--input-size", "2**63 − 1")
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda", "mps"])
+def test_an_accelerator_this_machine_lacks_is_one_line_before_training(capsys, tmp_path, accelerator):
+    import torch
+
+    if accelerator != "mps" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    if accelerator == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    argv = ["train", "--profile", "quick", "--set", f"train.accelerator={accelerator}", "--out", str(tmp_path / "r")]
+    _one_line_error(capsys, argv, f"train.accelerator={accelerator!r}", "use auto or cpu")
+    assert not (tmp_path / "r").exists()
+
+
+def test_more_gpus_than_the_machine_has_is_one_line(monkeypatch):
+    import torch
+
+    from ablations.training.train import check_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    config = load_config(overrides=["train.accelerator=gpu", "train.devices=3"])
+    with pytest.raises(ConfigError, match=re.escape("train.devices=3: allowed 1 … 2")):
+        check_devices(config.train)
+    check_devices(load_config(overrides=["train.accelerator=gpu", "train.devices=2"]).train)

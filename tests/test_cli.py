@@ -158,3 +158,26 @@ def test_console_script_runs_the_paper_config():
     assert result.returncode == 0, result.stderr
     assert "layer4        1  2 4 8" in result.stdout
     assert "eval      output stride 8, context rates (12, 24, 36)" in result.stdout
+
+
+@pytest.mark.parametrize("value", [None, float("nan"), float("inf")])
+def test_a_figure_not_measured_reads_not_measured(value):
+    from ablations.results.tables import fmt_measured
+
+    assert fmt_measured(value, ".1f", " img/s") == "not measured"
+    assert fmt_measured(12.345, ".1f", " img/s") == "12.3 img/s"
+
+
+@pytest.mark.e2e
+def test_a_run_too_short_to_time_prints_not_measured_never_nan(capsys, workdir):
+    # Two steps, all of them warm-up (Throughput skips the first three): no images/s to report.
+    tiny = [
+        "backbone.width=0.125", "context.channels=16", "decoder.channels=16", "data.image_size=32",
+        "data.crop_size=32", "data.train_samples=8", "data.val_samples=4", "data.batch_size=2",
+        "train.max_steps=2", "train.val_every=null", "train.checkpoint_every=0", "train.log_every=1",
+    ]  # fmt: skip
+    argv = ["train", "--profile", "quick", *(a for o in tiny for a in ("--set", o)), "--out", str(workdir / "run")]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "training images/s not measured" in line and "nan" not in line.lower(), line
+    assert json.loads((workdir / "run" / "metrics.json").read_text()).get("train/images_per_s") is None

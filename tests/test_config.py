@@ -103,7 +103,7 @@ BAD = [
     (["context.channels=-1"], "context.channels=-1: an integer ≥ 1", None),
     (["decoder.low_level_channels=-48"], "decoder.low_level_channels=-48: an integer ≥ 1", None),
     (["decoder.convs=0"], "decoder.convs=0", None),
-    (["backbone.name=vgg16"], "backbone.name='vgg16': allowed ['resnet18'", None),
+    (["backbone.name=vgg19"], "backbone.name='vgg19': allowed ['resnet18'", None),
     (["backbone.width=0"], "backbone.width=0", None),
     (["backbone.cascade=4"], "backbone.cascade=4: allowed 0..3", None),
     (["backbone.output_stride=eight"], "backbone.output_stride='eight': expected an integer", None),

@@ -12,19 +12,12 @@ import torch
 from ablations.geometry.analysis import is_degenerate, network_signature, tap_indices, valid_taps
 from ablations.geometry.describe import describe
 from ablations.model import build_model
-from ablations.sweep import geometry as geometry_module
-from ablations.sweep.geometry import ANSWERABLE, CANNOT, PARTLY
+from ablations.sweep.geometry import ANSWERABLE, CANNOT, PARTLY, study_geometry
 from ablations.sweep.study import load_study, parse_study, study_files
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
-# Each study's geometry is computed once in this module (tests/conftest.py); the tests below call it through
-# ablations.sweep.geometry, where the fixture put it.
-pytestmark = pytest.mark.usefixtures("geometry_once_per_study")
-
-
-def study_geometry(study, seed=None):
-    return geometry_module.study_geometry(study, seed)
+# Each arm's geometry is computed once per process (ablations.geometry.cache), however many tests ask for it.
 
 
 @pytest.mark.parametrize(

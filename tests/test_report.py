@@ -33,8 +33,7 @@ PAPERS = """- study: toy
 """
 BETTER = {ARMS[0]: [0.80, 0.81, 0.82], ARMS[1]: [0.850, 0.862, 0.868]}
 
-# Every report here checks the toy study's geometry; it is computed once for the module (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("geometry_once_per_study")
+# Every report here checks the toy study's geometry; each arm's is computed once per process (ablations.geometry.cache).
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ BASE = {"name": "s", "axis": {"name": "a", "key": "backbone.output_stride", "val
         ({"colour": 1}, (), "unknown field(s) ['colour']"),
         ({"name": "a b"}, (), "name='a b'"),
         ({"profile": "fast"}, (), "profile='fast': allowed ['faithful', 'paper', 'quick', 'auto']"),
-        ({"seeds": [0, 0]}, (), "seeds=[0, 0]: a non-empty list of distinct integers ≥ 0"),
+        ({"seeds": [0, 0]}, (), "seeds=[0, 0]: a non-empty list of distinct integers 0 … 4294967295"),
         ({"seeds": []}, (), "seeds=[]"),
         ({"sampler": "cmaes"}, (), "sampler='cmaes': allowed ['grid', 'random', 'tpe', 'nsga2']"),
         ({"axis": {"name": "a", "key": "backbone.output_stride", "values": [8]}}, (), "at least two values"),

@@ -1,41 +1,13 @@
 """``ablations bench``: throughput, latency, peak memory, parameters and multiply-adds of any config — and of the
 peers' DeepLabs (torchvision, segmentation-models-pytorch) in the same process, on the same settings.
 
-The package, imports flowing one way (each file imports only those above it; :mod:`ablations.hardware` below all):
+Files, each importing only those above it (:mod:`ablations.hardware` below all): ``method`` (a step, its timing,
+peak memory, MAC and FLOP counts), ``runner`` (prepared, warmed up, timed interleaved), ``models`` (ours, the peers,
+the standard configs), ``devices`` (the device, its defaults, its fast path), ``trials`` (a config as it trains and
+evaluates), ``tables`` (what is printed and written); this module runs configs and peers and re-exports them.
 
-* ``method``: the method below — a step, its timing, peak memory, multiply-add and FLOP counts;
-* ``runner``: models prepared, warmed up and timed interleaved, a row each (``bench_models``);
-* ``models``: ours as built and as evaluated, the peers, the standard configs;
-* ``devices``: the device, its environment, its default counts and input, its fast path;
-* ``trials``: a config as it trains and evaluates (a sweep trial's figures, a study's arms);
-* ``tables``: the printed lines, the tables and the report;
-* this module: the command's run over configs and peers; every public name above, re-exported.
-
-Method (MMSegmentation's FPS protocol, tightened; ``reference/peers.md``):
-
-* the model and ``rotate`` distinct random inputs are on the device before timing starts: data loading and
-  host-to-device copies are **excluded**; the final bilinear resize to the input size is **included** (every
-  model here returns logits at the input resolution); argmax is not;
-* ``warmup`` steps run first and are not timed (cuDNN autotuning, ``torch.compile`` and allocator growth happen
-  there); the time of the first one is reported separately;
-* every timed step is bracketed by device synchronisations — ``sync; t0; step; sync; t1`` — so a GPU's
-  asynchronous launches cannot make a step look faster than it is;
-* ``repeats`` repeats of ``iters`` steps: images/s is the median over repeats of (images / time of the repeat),
-  latency the median and 90th percentile over every timed step;
-* models compared with each other (a config under several methods, ours and a peer) are all prepared and
-  warmed up, then timed **interleaved**, repeat by repeat (A, B, A, B, …), so that a shared machine that slows
-  down mid-run shifts all of them alike;
-* peak memory on a GPU is the model's weights and inputs plus the most that ``torch.cuda.max_memory_allocated``
-  rose above the allocation at the start of any of its warm-up or timed segments (activations, and in training
-  gradients and optimiser state); on a CPU it is the most resident memory its steps added above the resident
-  memory at the start of a segment (Linux ``VmHWM`` after resetting it, freed heap returned to the system
-  first), so weights and inputs are not in it;
-* multiply-adds are counted per image of one forward pass (``torch.utils.flop_counter`` on a meta copy, so
-  nothing is computed); on a GPU the model FLOP utilisation is the FLOPs of one step (training: forward and
-  backward) over the step's median time over the device's dense peak at the row's precision
-  (:mod:`ablations.hardware`' datasheet table, else Lightning's ``get_available_flops``; ``peak_flops_source`` says
-  which); an fp32 row on a GPU runs its convolutions in TF32 when ``torch.backends.cudnn.allow_tf32`` is on
-  (PyTorch's default): its ``tf32`` field says so, its label reads "fp32 (TF32 on)" and its peak is TF32's.
+The timing method, step by step (synchronised steps, interleaved repeats, what peak memory and MFU count):
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

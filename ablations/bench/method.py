@@ -210,20 +210,11 @@ def count_forward_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
 
 
 def count_step_flops(model: nn.Module, input_size: tuple[int, int], batch: int, mode: str) -> int:
-    """FLOPs of one benchmark step (inference: forward; training: forward and backward), on a meta copy."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one benchmark step (inference: forward; training: forward and backward), on a meta copy
+    (:func:`ablations.geometry.analysis.count_flops`)."""
+    from ablations.geometry.analysis import count_flops
 
-    meta = copy.deepcopy(model).to("meta")
-    x = torch.zeros(batch, 3, *input_size, device="meta")
-    if mode == "infer":
-        meta.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            meta(x)
-    else:
-        meta.train()
-        with FlopCounterMode(display=False) as counter:
-            meta(x).float().sum().backward()
-    return counter.get_total_flops()
+    return count_flops(copy.deepcopy(model).to("meta"), input_size, batch=batch, backward=mode != "infer")
 
 
 def peak_flops_and_source(device: torch.device, precision: str) -> tuple[float | None, str | None]:

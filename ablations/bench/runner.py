@@ -21,6 +21,7 @@ from ablations.bench.method import (
     summarise,
     tf32_enabled,
 )
+from ablations.geometry.analysis import count_params
 from ablations.ioutil import first_line
 
 
@@ -91,7 +92,7 @@ def _prepare(
     batch_size: int,
     num_classes: int,
 ) -> _Entry:
-    params = sum(p.numel() for p in model.parameters())
+    params = count_params(model)
     entry = _Entry(row=_base_row(name, method, batch_size, input_size, params, device), method=method)
     try:
         entry.row["macs"] = count_forward_macs(model, input_size)

@@ -1,42 +1,12 @@
 """Real segmentation datasets, read from the layouts their official downloads unpack to.
 
-Every dataset yields the sample format of :mod:`ablations.data` and checks itself in ``__init__`` — before any
-training starts — so that a wrong path or a broken file fails in seconds with one message naming it, not hours
-later inside a data-loader worker.
+Every dataset (``VOCSegmentation``, ``Cityscapes``, ``ADE20K``, ``FolderSegmentation``) yields the sample format
+of :mod:`ablations.data` and checks itself in ``__init__`` — before any training starts — so that a wrong path or
+a broken file fails in seconds with one message naming it, not hours later inside a data-loader worker. Checks
+(``check=``): ``"none"`` (layout, non-empty split), ``"headers"`` (also image and mask sizes from the headers),
+``"full"`` (default; also decodes everything and checks mask values after the label mapping).
 
-Layouts (``root`` is what the user sets as ``data.root``):
-
-PASCAL VOC 2012 (``VOCSegmentation``, 21 classes)::
-
-    root/VOCdevkit/VOC2012/          (or root = .../VOC2012 itself)
-        JPEGImages/<id>.jpg
-        SegmentationClass/<id>.png           palette ("P") PNGs: pixel value = class index, 255 = void border
-        SegmentationClassAug/<id>.png        SBD-augmented masks, index PNGs (split "trainaug" only)
-        ImageSets/Segmentation/{train,val,trainval}.txt
-        ImageSets/Segmentation/trainaug.txt  (or train_aug.txt; 10,582 ids; split "trainaug" only)
-
-Cityscapes (``Cityscapes``, 19 train classes)::
-
-    root/leftImg8bit/{train,val,test}/<city>/<name>_leftImg8bit.png
-    root/gtFine/{train,val,test}/<city>/<name>_gtFine_labelIds.png     labelIds, mapped to trainIds on load
-
-ADE20K SceneParsing (``ADE20K``, 150 classes)::
-
-    root/ADEChallengeData2016/       (or root = .../ADEChallengeData2016 itself)
-        images/{training,validation}/*.jpg
-        annotations/{training,validation}/<same stem>.png    0 = other/unlabelled, 1..150 = classes
-
-Generic folders (``FolderSegmentation``, ``num_classes`` given)::
-
-    root/images/<split>/*.{jpg,jpeg,png}
-    root/masks/<split>/<same stem>.png      8-bit index PNGs ("L" or "P"), 255 = ignore
-
-Checks (``check=``): ``"none"`` checks the layout and that the split is non-empty; ``"headers"`` also compares
-image and mask sizes from the file headers (no decoding); ``"full"`` (default) also decodes every image and every
-mask, and checks the mask values, after the same label mapping ``__getitem__`` applies.
-
-Why one file of ~540 lines: four layouts (VOC, Cityscapes, ADE20K, a plain folder) share one checking core
-(the ``check`` levels, the one-line errors); each dataset is a short class on top of it.
+The layouts under ``data.root``, file by file: ``docs/training.md`` (Datasets).
 """
 
 from __future__ import annotations

@@ -1,119 +1,12 @@
 """SyntheticShapes: the embedded benchmark — procedurally generated, no files, deterministic, fast.
 
-Why this design
----------------
-The harness compares DeepLab design choices: output stride and multi-grid (how much resolution survives),
-atrous rates and image pooling (how much context a logit sees), and the v3+ decoder (how sharp boundaries are).
-A benchmark only separates those arms if getting a pixel right needs *both* resolution and context, so:
+The class of an object is its global shape (or, with ``class_by="size"``, its size bucket), never its texture:
+labelling a large object needs context as wide as it, thin and small ones need resolution. An item is a *scene*
+(every random draw, from ``np.random.default_rng([seed, split_id, i])``) rasterised here in NumPy or, for a batch on
+any device, by :mod:`ablations.data.render` from the same primitive table (``PRIMITIVE_KINDS``).
 
-* **The class is the object's global shape, never its texture.** Every object (and every clutter fragment
-  and the background) draws its texture id uniformly from one shared bank, independently of its class, and
-  its two colours from one class-independent rule. A pixel deep inside a large disk looks exactly like a
-  pixel deep inside a large square; only context as wide as the object says which one it is.
-* **Sizes span about 1/32 of the image to most of it**, log-uniformly, so small objects and thin parts (cross
-  arms and ring walls down to about 1 px at 128²) need resolution while large objects need a large receptive
-  field.
-* **Clutter is labelled background**: textured backgrounds and distractor fragments drawn from the same
-  texture bank, so "textured vs flat" or "edge vs no edge" does not solve the task.
-* **Every pixel carries its object's size bucket** (``"size"``), so a metric can be split by object size the
-  way COCO splits AP (Lin et al., ECCV 2014, "Microsoft COCO", §evaluation: small < 32², medium < 96²).
-
-Classes (``CLASS_NAMES``; 7 shapes + background = 8 classes)
-------------------------------------------------------------
-Each object has a centre, a rotation θ ~ U[0, 2π) and a circumradius R (the radius of the smallest circle
-about the centre that contains it). Pixel centres (y + ½, x + ½) are rotated into the object's frame (u, v)
-and tested against the shape, inside the object's bounding box only:
-
-0. ``background`` — background textures and all clutter.
-1. ``disk`` — u² + v² ≤ R².
-2. ``square`` — max(|u|, |v|) ≤ R/√2 (corners on the circle).
-3. ``triangle`` — equilateral, circumradius R: v ≥ −R/2 and v/2 + (√3/2)|u| ≤ R/2.
-4. ``ring`` — annulus (ρR)² ≤ u² + v² ≤ R², inner ratio ρ ~ U[0.5, 0.8] (walls 0.2R-0.5R thick).
-5. ``cross`` — plus sign with arms of half-length R and half-width βR, β ~ U[0.12, 0.3]:
-   min(|u|, |v|) ≤ βR and max(|u|, |v|) ≤ R.
-6. ``star`` — five-pointed star polygon, outer radius R, inner radius ρR, ρ ~ U[0.38, 0.5]; tested in polar
-   coordinates folded into one of the ten mirror-symmetric sectors against the outer-inner vertex edge.
-7. ``bar`` — rectangle of aspect a ~ U[2.5, 5] with its corners on the circle: |u| ≤ R cos φ, |v| ≤ R sin φ,
-   φ = atan(1/a).
-
-Size and size buckets
----------------------
-An object's size is its *equivalent side* D = √(area), sampled log-uniformly in
-[max(4 px, H/32), 0.65 H]; R then follows from the class's exact area formula (disk πR², square 2R², triangle
-(3√3/4)R², ring π(1 − ρ²)R², cross (8β − 4β²)R², star 5ρ sin(π/5)R², bar 2 sin 2φ R²), capped at R ≤ H/2 (the
-area is recomputed after the cap). Sampling the area rather than R gives every class the same size
-distribution, so per-bucket scores are not confounded with the class. Thin shapes (ring, cross, bar) are
-therefore wider than compact ones of the same area, as in real data. The bucket comes from the object's
-**full** analytic area A (not the visible part, which occlusion and the image border can shrink) as a
-fraction of the image area H²:
-
-* 1 ``small``:  A < (H/10)²   (1 % of the image; ≈ 13 × 13 px at 128²),
-* 2 ``medium``: A < (H/4)²    (6.25 %; 32 × 32 px at 128²),
-* 3 ``large``:  otherwise (up to ≈ 42 % of the image).
-
-COCO's absolute 32²/96² thresholds assume ~640 × 480 images; here they are scaled to the image side and
-chosen so that the log-uniform D puts about 38 % / 30 % / 32 % of objects in the three buckets. ``size`` is
-0 exactly where ``mask`` is 0, so background and clutter are bucket 0. No pixel is ever 255 (ignore):
-the labels are exact.
-
-Composition
------------
-1. Background: one bank texture, and with probability 0.6 a second one beyond a wavy boundary
-   (a sinusoid along a random direction), so texture boundaries exist that are not object boundaries.
-2. Clutter (labelled background, drawn on the background, under every object): ⌈M/2⌉..M fragments
-   (M = ``max_distractors``), each one of: an irregular *blob* (radius modulated by harmonics 2-5), a thin
-   *arc* (a partial ring of span 0.3π-0.9π, walls 0.08R-0.2R: it looks like an occluded ring but has no
-   occluder), a *stroke* (a 2-3 segment polyline 1 px to H/40 wide) or a *disk segment* (a disk cut by a chord,
-   ≤ 60 % of it). Clutter sizes are log-uniform in [max(4 px, H/32), 0.4 H].
-3. Objects: 1..N (N = ``max_objects``), class uniform over the 7 shapes, centre uniform over the image inset
-   by min(R, H/2)/2 on every side (so a large object is never mostly outside the image). They are painted in
-   order of decreasing log-area + N(0, 1) noise: mostly large first, so small objects are usually visible, but
-   large objects sometimes occlude smaller ones. Later objects occlude earlier ones; the mask shows the visible class.
-4. Appearance: each layer (background region, fragment or object) has a texture id ~ U{0..K−1}, a random
-   offset into the texture and two colours c₀, c₁ ~ U[0, 1]³; the pixel is c₀ + (c₁ − c₀)·t, t ∈ [0, 1] the
-   texture value, so images are in [0, 1] without clipping. Fragment and object colours are re-drawn (up to
-   8 times, same rule for every class) until their mean colour is ≥ 0.2 (Euclidean) from every background
-   region's mean colour, so objects are not invisible by chance.
-
-Knobs for easier instruments (defaults keep the design above): ``background_contrast`` ∈ [0, 1] scales the
-background regions' texture contrast (c₁ − c₀) after every random draw, so "strongly textured" hints at
-object-or-clutter while rejecting clutter and naming the class still need the shape; ``shapes`` restricts the
-classes to a subset of the seven, relabelled 1..k in the order given (``class_names`` follows);
-``foreground_cue`` ∈ [0, 1] separates brightness: every background colour is scaled by 1 − 0.6c and every clutter
-and object colour mapped to 0.6c + (1 − 0.6c)·x (at 1, backgrounds in [0, 0.4], the rest in [0.6, 1]), so
-"bright" says object-or-clutter at a glance while clutter rejection and the class still need the shape. Both are
-applied after every random draw, so they change colours only, never geometry or the random stream.
-
-Texture bank
-------------
-K = ``num_textures`` (default 24) periodic greyscale textures of the image's side, built once per dataset
-instance from ``seed`` alone (train and val share the bank, so val is in-distribution), stored as uint8 and
-tiled 2 × 2 so any crop at any offset is one gather. Families, cycled: near-flat shading, stripes (soft or
-square-wave), rotated checkerboards, dot lattices, smooth noise (Gaussian low-pass, 2-8 cycles per image),
-fine grain (16-40 cycles), and marble (stripes phase-warped by smooth noise). Frequencies are whole cycles
-per image so the tiles are seamless and textures scale with the image size.
-
-Rendering and speed
--------------------
-Generation is two steps. The *scene draw* (:meth:`SyntheticShapes.scene`) takes every random number of the item
-and turns the geometry into primitives (inside tests of a few kinds with their parameters and bounding boxes,
-``PRIMITIVE_KINDS``) and layers (texture, offset, colours, label, bucket): a :class:`Scene` of fixed-size arrays.
-The *rasteriser* turns a scene into pixels: here in NumPy (:meth:`SyntheticShapes.rasterise`), one item on a CPU
-loader worker, or in torch on any device for a whole batch (``ablations.data.render``, the ``data.render`` device
-path). Each primitive only writes its layer id into a layer map, inside its bounding box; one vectorised pass at
-the end gathers texture values, colours (a per-layer 256-level colour lookup table), class and bucket from the
-layer map. About 0.6 ms per 128² image on one CPU core, ≈ 1,700 images/s (``benchmarks/synthetic_speed.py``).
-
-Determinism
------------
-Item ``i`` is generated from ``np.random.default_rng([seed, split_id, i])`` (split ids: train 0, val 1,
-test 2) and the seed-only texture bank, so it is identical in any process, any access order and any number of
-DataLoader workers, and the splits differ. :meth:`SyntheticShapes.render` also returns an instance map and
-each object's parameters (:class:`ObjectSpec`) for per-object analysis.
-
-Why one file of ~720 lines: the generator is one specification (the docstring's formulas) and its code; the
-drawing helpers share the random stream's order, which a split would make easy to break silently. The torch
-rasteriser lives apart (``ablations.data.render``) but reads the same primitive table (``PRIMITIVE_KINDS``).
+The specification (classes and their formulas, sizes and buckets, composition, the texture bank, rendering,
+determinism) is ``docs/synthetic-benchmark.md``; keep it and this code in step.
 """
 
 from __future__ import annotations

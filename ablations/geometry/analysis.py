@@ -47,9 +47,11 @@ def receptive_field(layers: Iterable[tuple[int, int, int]]) -> int:
 def reachable_offsets(rates: Sequence[int], kernel: int = 3) -> set[int]:
     """Offsets (in cells) that some path through stacked dilated ``kernel``-wide convs connects to the centre."""
     offsets = {0}
-    half = kernel // 2
     for rate in rates:
-        offsets = {o + t * rate for o in offsets for t in range(-half, half + 1)}
+        # Tap t of a 'same'-padded conv sits at t·rate − (kernel − 1)·rate / 2 (whole for odd kernels, and for even
+        # kernels at even rates, the only ones the model builds).
+        taps = [t * rate - (kernel - 1) * rate // 2 for t in range(kernel)]
+        offsets = {o + tap for o in offsets for tap in taps}
     return offsets
 
 
@@ -114,26 +116,37 @@ def hdc_rule(rates: Sequence[int], kernel: int = 3) -> dict:
 
 
 def count_params(model: nn.Module) -> int:
+    """Parameters of ``model`` (every count of the project: describe, training metrics, benchmarks)."""
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_size: tuple[int, int], *, batch: int = 1) -> int:
-    """Multiply-adds of one forward pass per image, counted by ``torch.utils.flop_counter.FlopCounterMode``.
-
-    Runs on the model's device; for a model on the meta device nothing is computed, only counted.
-    """
+def count_flops(model: nn.Module, input_size: tuple[int, int], *, batch: int = 1, backward: bool = False) -> int:
+    """FLOPs of one step on a ``(batch, 3, *input_size)`` input, counted by ``torch.utils.flop_counter``'s
+    ``FlopCounterMode`` (the one FLOP counter of the project; Lightning's ``measure_flops`` wraps the same):
+    a forward pass in eval mode without gradients, or with ``backward`` a forward and backward pass of the sum
+    of the outputs in training mode. Runs on the model's device; on the meta device nothing is computed. A model
+    on the meta device should be a copy: the backward pass leaves (meta) gradients on its parameters."""
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device
     x = torch.zeros(batch, 3, *input_size, device=device)
     was_training = model.training
-    model.eval()
+    model.train(backward)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+        if backward:
+            with FlopCounterMode(display=False) as counter:
+                model(x).float().sum().backward()
+        else:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2 // batch
+    return counter.get_total_flops()
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int], *, batch: int = 1) -> int:
+    """Multiply-adds of one forward pass per image: :func:`count_flops` / 2 (one MAC is two FLOPs)."""
+    return count_flops(model, input_size, batch=batch) // 2 // batch
 
 
 def stage_dilations(rows: Iterable[dict]) -> dict[str, list[int]]:
@@ -154,7 +167,9 @@ def network_field_of_view(model: nn.Module) -> dict:
     """
     backbone = model.backbone
     rows = backbone.conv_table()
-    layers = list(backbone.stem_path()) + [(3, r["stride"], r["dilation"]) for r in rows]
+    # An encoder whose strides sit in pools (VGG-16) lists every conv and pool itself.
+    path = getattr(backbone, "layer_path", None)
+    layers = path() if path else list(backbone.stem_path()) + [(3, r["stride"], r["dilation"]) for r in rows]
     backbone_rf = receptive_field(layers)
     jump = math.prod(s for _, s, _ in layers)
 
@@ -164,19 +179,30 @@ def network_field_of_view(model: nn.Module) -> dict:
     for stage, rates in stage_dilations(rows).items():
         if max(rates) > 1:
             holes[stage] = gridding_holes(rates)
-    output_grid_rates, running = [], math.prod(s for _, s, _ in backbone.stem_path())
-    for r in rows:
-        if running == jump and r["stride"] == 1:
-            output_grid_rates.append(r["dilation"])
-        running *= r["stride"]
+    output_grid_rates = []
+    if path:  # every 3×3 layer (a 3×3 max-pool reaches as far as a rate-1 conv) read at the output stride
+        running = 1
+        for kernel, stride, dilation in layers:
+            if running == jump and stride == 1 and kernel == 3:
+                output_grid_rates.append(dilation)
+            running *= stride
+    else:
+        running = math.prod(s for _, s, _ in backbone.stem_path())
+        for r in rows:
+            if running == jump and r["stride"] == 1:
+                output_grid_rates.append(r["dilation"])
+            running *= r["stride"]
     base = reachable_offsets(output_grid_rates)
     context_paths = model.context.paths()
     reach = set()
-    for path in context_paths:
-        reach |= {a + b for a in base for b in reachable_offsets(path)}
+    kernel = getattr(model.context, "kernel_size", 3)  # fc6's kernel in the v2 heads (v2 Table 1)
+    for branch in context_paths:
+        reach |= {a + b for a in base for b in reachable_offsets(branch, kernel)}
     holes["output"] = _holes(reach)
 
-    context_rf = backbone_rf + max(receptive_field((3, 1, r) for r in path) - 1 for path in context_paths) * jump
+    context_rf = (
+        backbone_rf + max(receptive_field((kernel, 1, r) for r in branch) - 1 for branch in context_paths) * jump
+    )
     logits_rf = context_rf
     tail = []
     if model.decoder is not None:
@@ -285,11 +311,12 @@ def conv_geometry(model: nn.Module, input_size: tuple[int, int]) -> dict[str, di
     return seen
 
 
-def network_signature(model: nn.Module, input_size: tuple[int, int]) -> tuple:
+def network_signature(model: nn.Module, input_size: tuple[int, int], geometry: dict[str, dict] | None = None) -> tuple:
     """What the network computes at ``input_size``, up to its weights: every module's type and settings, and for
     every conv the input index each tap reads. Two networks with equal signatures are the same function of the
-    same weights — e.g. multi-grid (1,2,3) and (1,2,4) on a 6×6 map, where rates 6 and 8 both reduce to 1×1."""
-    geometry = conv_geometry(model, input_size)
+    same weights — e.g. multi-grid (1,2,3) and (1,2,4) on a 6×6 map, where rates 6 and 8 both reduce to 1×1.
+    ``geometry``: the model's :func:`conv_geometry` at ``input_size`` when the caller has it already."""
+    geometry = conv_geometry(model, input_size) if geometry is None else geometry
     parts = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and name in geometry:

@@ -13,6 +13,7 @@ import torch
 
 from ablations.config import ExperimentConfig
 from ablations.dilation import scale_rates
+from ablations.geometry import cache
 from ablations.geometry.analysis import (
     conv_geometry,
     count_macs,
@@ -21,7 +22,7 @@ from ablations.geometry.analysis import (
     network_field_of_view,
     stage_dilations,
 )
-from ablations.model import DeepLab, build_model
+from ablations.model import DeepLab
 
 
 def measure_output_stride(model: DeepLab) -> int:
@@ -32,20 +33,84 @@ def measure_output_stride(model: DeepLab) -> int:
     return side // features.shape[-1]
 
 
+def feature_size(config: ExperimentConfig, input_size: tuple[int, int]) -> list[int]:
+    """The backbone's output map at ``input_size`` (``[H, W]``), read off the cached meta build."""
+    size = tuple(input_size)
+
+    def compute(model: DeepLab) -> list[int]:
+        return list(model.backbone(torch.zeros(1, 3, *size, device="meta"))["out"].shape[-2:])
+
+    return cache.read(config, "feature_size", compute, size=size)
+
+
+def cached_conv_geometry(
+    config: ExperimentConfig, input_size: tuple[int, int], output_stride: int | None = None
+) -> dict[str, dict]:
+    """:func:`~ablations.geometry.analysis.conv_geometry` of the cached meta build at ``output_stride``."""
+    size = tuple(input_size)
+    return cache.read(
+        config, "conv_geometry", lambda model: conv_geometry(model, size), size=size, output_stride=output_stride
+    )
+
+
+def cached_macs(config: ExperimentConfig, input_size: tuple[int, int], output_stride: int | None = None) -> int:
+    """:func:`~ablations.geometry.analysis.count_macs` (one image) of the cached meta build at ``output_stride``."""
+    size = tuple(input_size)
+    return cache.read(config, "macs", lambda model: count_macs(model, size), size=size, output_stride=output_stride)
+
+
+def cached_output_stride(config: ExperimentConfig, output_stride: int | None = None) -> int:
+    """:func:`measure_output_stride` of the cached meta build re-planned for ``output_stride``."""
+    return cache.read(config, "measured_output_stride", measure_output_stride, output_stride=output_stride)
+
+
 def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513)) -> dict[str, Any]:
-    with torch.device("meta"):
-        model = build_model(config, load_weights=False)
-    model.eval()
-    with torch.no_grad():
-        measured = measure_output_stride(model)
-        feature_size = list(model.backbone(torch.zeros(1, 3, *input_size, device="meta"))["out"].shape[-2:])
+    """What ``config`` builds at ``input_size``; the network's figures come from :mod:`ablations.geometry.cache`
+    (one meta build per network, each figure computed once per process)."""
+    size = tuple(input_size)
+    summary: dict[str, Any] = {"config": config.to_dict(), "input_size": list(size)}
+    summary.update(cache.read(config, "describe", lambda model: _network_summary(config, model, size), size=size))
+    c = config.context
+    eval_os = config.eval_output_stride
+    eval_summary: dict[str, Any] = {
+        "output_stride": eval_os,
+        "scales": list(config.eval.scales),
+        "flip": config.eval.flip,
+        "context_rates": list(scale_rates(c.rates, c.reference_output_stride, eval_os)) if c.rates else [],
+    }
+    if eval_os != config.backbone.output_stride:
+        eval_summary.update(
+            cache.read(
+                config, "describe.eval", lambda model: _eval_summary(config, model, size), size=size,
+                output_stride=eval_os,
+            )
+        )  # fmt: skip
+    summary["eval"] = eval_summary
+    return summary
+
+
+def _eval_summary(config: ExperimentConfig, model: DeepLab, size: tuple[int, int]) -> dict[str, Any]:
+    """The network's figures at the evaluation output stride (the model is there already)."""
+    stride = model.output_stride
+    summary: dict[str, Any] = {
+        "measured_output_stride": cached_output_stride(config, stride),
+        "units": model.backbone.conv_table(),
+        "macs": cached_macs(config, size, stride),
+    }
+    _add_geometry(summary, model, cached_conv_geometry(config, size, stride))
+    summary.update(network_field_of_view(model))
+    return summary
+
+
+def _network_summary(config: ExperimentConfig, model: DeepLab, input_size: tuple[int, int]) -> dict[str, Any]:
+    """Everything :func:`describe` reads off the network at its training output stride. Only the network sections
+    of ``config`` are read (the cache key holds them)."""
+    measured = cached_output_stride(config)
     context = model.context
     c = config.context
     summary: dict[str, Any] = {
-        "config": config.to_dict(),
-        "input_size": list(input_size),
         "output_stride": measured,
-        "feature_size": feature_size,
+        "feature_size": feature_size(config, input_size),
         "units": model.backbone.conv_table(),
         "stages": [
             {
@@ -79,37 +144,21 @@ def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513))
             part: count_params(getattr(model, part)) if getattr(model, part) is not None else 0
             for part in ("backbone", "context", "decoder", "head")
         },
-        "macs": count_macs(model, input_size),
+        "macs": cached_macs(config, input_size),
     }
-    _add_geometry(summary, model, input_size)
+    _add_geometry(summary, model, cached_conv_geometry(config, input_size))
     summary.update(network_field_of_view(model))
     summary["hdc_rule"] = {
         stage: hdc_rule(rates)
         for stage, rates in stage_dilations(summary["units"]).items()
         if stage in summary["gridding_holes"]
     }
-    eval_os = config.eval_output_stride
-    eval_summary: dict[str, Any] = {
-        "output_stride": eval_os,
-        "scales": list(config.eval.scales),
-        "flip": config.eval.flip,
-        "context_rates": list(scale_rates(c.rates, c.reference_output_stride, eval_os)) if c.rates else [],
-    }
-    if eval_os != config.backbone.output_stride:
-        with torch.no_grad(), model.at_output_stride(eval_os):
-            eval_summary["measured_output_stride"] = measure_output_stride(model)
-            eval_summary["units"] = model.backbone.conv_table()
-            eval_summary["macs"] = count_macs(model, input_size)
-            _add_geometry(eval_summary, model, input_size)
-            eval_summary.update(network_field_of_view(model))
-    summary["eval"] = eval_summary
     return summary
 
 
-def _add_geometry(summary: dict[str, Any], model: DeepLab, input_size: tuple[int, int]) -> None:
+def _add_geometry(summary: dict[str, Any], model: DeepLab, geometry: dict[str, dict]) -> None:
     """``valid_taps`` (and the map each conv reads) on every unit row, and ``context_geometry``: one entry per
-    context conv wider than 1×1 (the atrous branches), from a forward pass at ``input_size``."""
-    geometry = conv_geometry(model, input_size)
+    context conv wider than 1×1 (the atrous branches), from the model's ``conv_geometry`` at the input size."""
     name_of = {id(m): n for n, m in model.named_modules()}
     convs = [conv for units in model.backbone.stage_units().values() for unit in units for conv in unit]
     for row, conv in zip(summary["units"], convs, strict=True):

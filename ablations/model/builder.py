@@ -8,12 +8,14 @@ from ablations.model.backbones import BACKBONES
 from ablations.model.context import AtrousPyramid, NoContext, PyramidPooling, SummedAtrousHeads
 from ablations.model.decoder import Decoder
 from ablations.model.deeplab import DeepLab, Head
+from ablations.model.vgg import VGG16
 
 
 def build_model(config: ExperimentConfig, *, load_weights: bool = True) -> DeepLab:
     """``config → nn.Module``. Pretrained encoder weights are loaded when ``backbone.weights`` names them."""
     b, c, d, h = config.backbone, config.context, config.decoder, config.head
-    backbone = BACKBONES[b.name](
+    encoders = {**BACKBONES, "vgg16": VGG16, "vgg16_bn": VGG16}
+    backbone = encoders[b.name](
         b.name,
         width=b.width,
         output_stride=b.output_stride,
@@ -42,7 +44,9 @@ def build_model(config: ExperimentConfig, *, load_weights: bool = True) -> DeepL
         if c.merge == "concat":
             context = AtrousPyramid(features, c.channels, **atrous)
         else:  # v2 sum of per-branch logits: ASPP-S/L, LargeFOV
-            context = SummedAtrousHeads(features, h.num_classes, channels=c.channels, **atrous)
+            context = SummedAtrousHeads(
+                features, h.num_classes, channels=c.channels, kernel_size=c.kernel_size, **atrous
+            )
     decoder = None
     if d.enabled:
         decoder = Decoder(

@@ -96,7 +96,8 @@ class SummedAtrousHeads(nn.Module):
     """v2 ASPP: per rate, fc6 (3×3 atrous) → fc7 (1×1) → fc8 (1×1 to classes); logits summed (TPAMI Fig. 7).
 
     The published VGG heads have no normalisation; these use BatchNorm like the rest of the network, so the
-    ResNet backbones train the same way under every context module.
+    ResNet backbones train the same way under every context module. ``kernel_size`` is fc6's (v2 Table 1: 7×7,
+    4×4 or 3×3; DeepLab's fc6 is VGG's first fully connected layer as a convolution).
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class SummedAtrousHeads(nn.Module):
         num_classes: int,
         *,
         rates: Sequence[int],
+        kernel_size: int = 3,
         channels: int = 1024,
         topology: str = "parallel",
         separable: bool = False,
@@ -118,7 +120,10 @@ class SummedAtrousHeads(nn.Module):
         self.heads = nn.ModuleList()
         for index, rate in enumerate(rates):
             reads = in_channels if topology == "parallel" or index == 0 else channels
-            self.fc6.append(conv3x3(reads, channels, dilation=rate, separable=separable))
+            if kernel_size == 3:
+                self.fc6.append(conv3x3(reads, channels, dilation=rate, separable=separable))
+            else:
+                self.fc6.append(ConvNormAct(reads, channels, kernel_size, dilation=rate))
             self.heads.append(
                 nn.Sequential(
                     nn.Dropout(dropout),
@@ -133,6 +138,7 @@ class SummedAtrousHeads(nn.Module):
             else None
         )
         self.out_channels = num_classes
+        self.kernel_size = kernel_size
 
     @property
     def rates(self) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ class ConvNormAct(nn.Sequential):
                 in_channels,
                 out_channels,
                 kernel_size,
-                padding=dilation * (kernel_size // 2),
+                padding=same_padding(kernel_size, dilation),
                 dilation=dilation,
                 bias=norm == "none",
             ),
@@ -82,11 +82,22 @@ def conv3x3(in_channels: int, out_channels: int, *, dilation: int = 1, separable
     return block(in_channels, out_channels, 3, dilation=dilation)
 
 
+def same_padding(kernel: int, rate: int) -> int:
+    """'Same' padding of a ``kernel``×``kernel`` conv at ``rate``: half its effective size k + (k−1)(r−1) less one.
+    An even effective size (an even kernel at an odd rate) has no centred padding: a ``ValueError``."""
+    if (kernel - 1) * rate % 2:
+        raise ValueError(
+            f"a {kernel}×{kernel} conv at rate {rate} spans {kernel + (kernel - 1) * (rate - 1)} pixels, an even "
+            "size with no centre; use an even rate with an even kernel"
+        )
+    return (kernel - 1) * rate // 2
+
+
 def set_rate(conv: nn.Conv2d, rate: int) -> None:
     """Change the dilation of a conv in place, keeping 'same' padding; the weights are untouched."""
-    k = conv.kernel_size[0]
+    padding = same_padding(conv.kernel_size[0], rate)
     conv.dilation = (rate, rate)
-    conv.padding = (rate * (k // 2), rate * (k // 2))
+    conv.padding = (padding, padding)
 
 
 class PooledBranch(nn.Sequential):

@@ -30,6 +30,15 @@ def fmt_num(value: Any, fmt: str) -> str:
     return "—" if missing(value) else format(value, fmt)
 
 
+NOT_MEASURED = "not measured"
+
+
+def fmt_measured(value: Any, fmt: str, unit: str = "") -> str:
+    """A figure in a sentence (the commands' progress and result lines): the number and its unit, or "not
+    measured" for a missing, NaN or infinite one (a run too short to time has no images/s), never "nan"."""
+    return NOT_MEASURED if missing(value) else format(value, fmt) + unit
+
+
 def completed(df: pd.DataFrame) -> pd.DataFrame:
     return df[df[names.STATE] == names.COMPLETE]
 

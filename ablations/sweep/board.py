@@ -111,6 +111,13 @@ def open_study(study: Study, storage: optuna.storages.RDBStorage, study_name: st
         )
     if [d.name.lower() for d in optuna_study.directions] != directions:
         raise SweepError(f"study {study_name!r}: stored directions differ from the study file's objectives")
+    # Each objective named by its metric (optuna-dashboard, trials_dataframe and the plots show these instead of
+    # "Objective 0"): set when the study is created, and on opening one stored before the names were.
+    metric_names = [o.metric for o in study.objectives]
+    if optuna_study.metric_names != metric_names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental since Optuna 3.2
+            optuna_study.set_metric_names(metric_names)
     return Board(storage, optuna_study, storage.get_study_id_from_name(study_name), study_name)
 
 

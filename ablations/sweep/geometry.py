@@ -19,9 +19,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from ablations.geometry.analysis import conv_geometry, network_signature
 from ablations.sweep.study import Study
 
 ANSWERABLE, PARTLY, CANNOT = "answerable", "partly answerable", "cannot answer"
@@ -134,19 +131,27 @@ def _dilated(geometry: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def arm_geometry(config, crop: int, arm: str = "") -> tuple[ArmGeometry, tuple]:
-    """The dilated convs of one config at ``crop`` and its signature (training and evaluation geometry)."""
-    from ablations.model import build_model
+    """The dilated convs of one config at ``crop`` and its signature (training and evaluation geometry). Read off
+    the cached meta build (:mod:`ablations.geometry.cache`): each network's figures are computed once per process,
+    whichever study, seed or ``describe`` asks."""
+    from ablations.geometry import cache
+    from ablations.geometry.analysis import network_signature
+    from ablations.geometry.describe import cached_conv_geometry, feature_size
 
-    with torch.device("meta"):
-        model = build_model(config, load_weights=False)
     size = (crop, crop)
-    convs = _dilated(conv_geometry(model, size))
-    with torch.no_grad():
-        features = tuple(model.backbone(torch.zeros(1, 3, *size, device="meta"))["out"].shape[-2:])
-        signature = [network_signature(model, size)]
-        if config.eval_output_stride != config.backbone.output_stride:
-            with model.at_output_stride(config.eval_output_stride):
-                signature.append(network_signature(model, size))
+    convs = _dilated(cached_conv_geometry(config, size))
+    features = tuple(feature_size(config, size))
+    strides = [config.backbone.output_stride]
+    if config.eval_output_stride != config.backbone.output_stride:
+        strides.append(config.eval_output_stride)
+    signature = [
+        cache.read(
+            config, "signature",
+            lambda model, s=stride: network_signature(model, size, cached_conv_geometry(config, size, s)),
+            size=size, output_stride=stride,
+        )
+        for stride in strides
+    ]  # fmt: skip
     rest = config.to_dict()
     for section in ("backbone", "context", "decoder", "head"):
         rest.pop(section, None)

@@ -4,26 +4,9 @@ A study names a *scientific axis* and its values (the **arms**), the **seeds** e
 the settings every trial shares (**profile**, optional **base** config, **fixed** overrides), an optional
 *nuisance* **search_space** sampled per trial, the **objectives** read from each run's metrics, and optionally
 a **pruner**. With an axis the design is the full grid arms × seeds; without one (``joint``) a sampler
-(``random``, ``tpe``, ``nsga2``) draws ``budget`` trials from the search space::
-
-    name: multigrid
-    description: unit rates of block4 (v3 Table 3)
-    profile: quick
-    fixed: {backbone.output_stride: 16}
-    axis:
-      name: multi_grid
-      key: backbone.multi_grid          # one config key ...
-      values: [[1, 1, 1], [1, 2, 4]]
-      # arms: {label: {key: value, ...}} # ... or named arms, each a set of overrides
-    seeds: [0, 1]
-    objectives: [{metric: val/mIoU, direction: maximize}]
-
-Every arm's config is resolved and validated when the study is loaded, so a typo fails with the study file,
-the arm and the field named, before the first trial.
-
-Why one file of ~600 lines: a study is validated as a whole before anything runs (arms against the profile,
-objectives against the metrics a run records, the search space against the sampler); the checks read each
-other's results, and one module is where a reader finds every rule a study file must follow.
+(``random``, ``tpe``, ``nsga2``) draws ``budget`` trials from the search space. Every arm's config is resolved
+and validated when the study is loaded, so a typo fails with the study file, the arm and the field named, before
+the first trial. Every field, with an example file: ``docs/sweeps.md``.
 """
 
 from __future__ import annotations
@@ -38,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablations.config import ConfigError, ExperimentConfig, load_config, profile_names
+from ablations.config import SEED_MAX, SEED_RANGE, ConfigError, ExperimentConfig, is_seed, load_config, profile_names
 from ablations.ioutil import load_yaml, read_text_file
 from ablations.results import names
 
@@ -290,10 +273,13 @@ def parse_study(
     if (
         not isinstance(seed_list, list)
         or not seed_list
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list)
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed_list)
         or len(set(seed_list)) != len(seed_list)
     ):
-        raise fail("seeds", seed_list, "a non-empty list of distinct integers ≥ 0")
+        raise fail("seeds", seed_list, f"a non-empty list of distinct integers 0 … {SEED_MAX}")
+    for s in seed_list:  # each one becomes train.seed: the range the libraries' seeding accepts
+        if not is_seed(s):
+            raise fail("seeds", s, SEED_RANGE)
 
     space_spec = raw.get("search_space") or {}
     if not isinstance(space_spec, dict):

@@ -14,12 +14,14 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from ablations.config import SEED_MAX
 from ablations.results import names
 from ablations.results.frames import failure_kind
 from ablations.results.jsonable import json_safe
@@ -77,25 +79,66 @@ def classify(error: BaseException) -> tuple[str, str]:
     return "error", text + "\n" + "".join(traceback.format_exception(error))[-3000:]
 
 
-def _pruning_callback(trial: optuna.Trial, monitor: str):
+INTERMEDIATE_ATTR = "intermediate_values"  # a multi-objective trial's per-validation values: {metric: {step: value}}
+
+
+def report_validations(board: Board, trial: optuna.Trial, study: Study, history: Sequence[Mapping[str, Any]]) -> None:
+    """Every validation of the run so far as Optuna's intermediate values, indexed by the global step: the learning
+    curves of optuna-dashboard and ``optuna trials``, and what a pruner compares. ``history`` is the run's
+    (``SegmentationSystem.history``, ``metrics["history"]``); a run resumed from a checkpoint carries its
+    predecessor's validations in it, so a retried trial gets the whole curve. A step already reported is skipped
+    (a resumed trial or the report after training would otherwise report it twice).
+
+    Optuna's ``Trial.report`` refuses a multi-objective study (NotImplementedError: an intermediate value is one
+    number per step, and no pruner handles several objectives), so there nothing is reported as intermediate
+    values; each objective measured at validation keeps its values per step in the trial's user attribute
+    ``intermediate_values`` instead ({metric: {step: value}}, steps as strings, as JSON keys must be): the same
+    curves, where Optuna's API shows them (``trial.user_attrs``), without pretending a pruner could read them."""
+    metrics = [o.metric for o in study.objectives]
+    points = [
+        (int(entry["step"]), metric, float(entry[metric]))
+        for entry in history
+        for metric in metrics
+        if isinstance(entry.get("step"), int)
+        and isinstance(entry.get(metric), int | float)
+        and math.isfinite(entry[metric])  # a metric that was not measured (NaN) is no point of the curve
+    ]
+    if not points:
+        return
+    frozen = board.get(trial.number)
+    if len(metrics) == 1:
+        for step, _, value in points:
+            if step not in frozen.intermediate_values:
+                trial.report(value, step)
+        return
+    curves = {m: dict(c) for m, c in (frozen.user_attrs.get(INTERMEDIATE_ATTR) or {}).items()}
+    for step, metric, value in points:
+        curves.setdefault(metric, {})[str(step)] = value
+    board.set_attr(trial.number, INTERMEDIATE_ATTR, curves)
+
+
+def _validation_callback(board: Board, trial: optuna.Trial, study: Study):
+    """The in-process trial's validations reported as they happen (:func:`report_validations`), and, when the study
+    has a pruner, its verdict asked after each. A multi-device trial trains in its own process, without it (a pruned
+    study refuses those at load); its curve is reported from its history after training."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    class StepPruning(PyTorchLightningPruningCallback):
+    class StepReporting(PyTorchLightningPruningCallback):
         """optuna-integration's callback, reporting at the optimiser step: these runs validate every
-        ``train.val_every`` steps inside one long epoch, so the epoch number would not advance."""
+        ``train.val_every`` steps inside one long epoch, so the epoch number would not advance; it reports for
+        every study, pruned or not."""
 
         def on_validation_end(self, trainer, pl_module) -> None:
-            if self.is_ddp_backend or trainer.sanity_checking:
-                return super().on_validation_end(trainer, pl_module)
-            score = trainer.callback_metrics.get(self.monitor)
-            if score is None:
-                return super().on_validation_end(trainer, pl_module)
-            step = trainer.global_step
-            self._trial.report(float(score), step=step)
-            if self._trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step} with {self.monitor} {float(score):.4f}")
+            if trainer.sanity_checking:
+                return
+            report_validations(board, self._trial, study, pl_module.history)
+            if study.pruner and self._trial.should_prune():
+                step = trainer.global_step
+                score = board.get(self._trial.number).intermediate_values.get(step)
+                shown = f"{score:.4f}" if isinstance(score, float) else "not measured"
+                raise optuna.TrialPruned(f"pruned at step {step} with {self.monitor} {shown}")
 
-    return StepPruning(trial, monitor=monitor)
+    return StepReporting(trial, monitor=study.objectives[0].metric)
 
 
 def trial_stats(config) -> dict[str, Any]:
@@ -135,7 +178,11 @@ def predecessor_dir(board: Board, trial: optuna.Trial) -> Path | None:
 def _suggest(study: Study, trial: optuna.Trial) -> tuple[str | None, int, dict[str, Any]]:
     if study.is_grid:
         arm = trial.suggest_categorical("arm", list(study.arm_labels))
-        seed = trial.suggest_int("seed", 0, 2**31 - 1)  # a range, not the list, so that seeds may be added later
+        # A range, not the list, so that seeds may be added later; the range every seed may take (config.SEED_MAX).
+        # Studies stored before it was 0 … 2**31 − 1 hold that distribution for "seed": Optuna checks a parameter's
+        # new distribution against the stored one by kind and log scale only (distributions.
+        # check_distribution_compatibility), so they go on (tests/test_bad_input.py checks this).
+        seed = trial.suggest_int("seed", 0, SEED_MAX)
     else:
         arm, seed = None, study.seeds[0]
     params = {}
@@ -189,9 +236,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     storage.set_trial_user_attr(tid, "run_dir", str(run_dir))
     resumed = f" (resuming in {run_dir.name})" if previous else ""
     progress.line(f"trial {trial.number}: {study.axis or 'params'} = {label}, seed {seed} …{resumed}")
-    callbacks = []
-    if study.pruner:
-        callbacks.append(_pruning_callback(trial, study.objectives[0].metric))
+    callbacks = [_validation_callback(board, trial, study)]  # learning curves for every study; pruning with a pruner
     started = time.time()
     trained = False
     try:
@@ -234,6 +279,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     finally:
         _release_memory(failed=not trained)
     board.check_storage()
+    report_validations(board, trial, study, metrics.get("history") or [])  # a multi-device trial's, all at once
     if metrics.get("out_dir") and metrics["out_dir"] != str(run_dir):  # the old folder could not be resumed
         storage.set_trial_user_attr(tid, "run_dir", metrics["out_dir"])
     kept = {k: metrics[k] for k in names.KEPT_METRICS if k in metrics}  # the rest stays in the run folder
@@ -254,7 +300,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     share = kept.get(names.TRIAL_OVERHEAD_SHARE)
     progress.line(
         f"trial {trial.number} {label} seed {seed}: {shown}"
-        + (f", {ips:.1f} img/s" if isinstance(ips, float) else "")
+        + (f", {ips:.1f} img/s" if isinstance(ips, float) and math.isfinite(ips) else ", img/s not measured")
         + f", {time.time() - started:.0f} s"
         + (f" (overhead {kept[names.TRIAL_OVERHEAD_S]:.1f} s, {share:.0%} of training)" if share is not None else "")
     )

@@ -12,6 +12,7 @@ folder).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import uuid
@@ -140,6 +141,12 @@ def resume_point(config_dict: dict[str, Any], out_dir: Path) -> tuple[Path, Path
         fresh = _fresh_folder(out_dir)
         reason = f"{type(error).__name__}: {first_line(str(error), 160)}"
         return fresh, None, f"not resuming from {last}: it does not load ({reason}); starting clean in {fresh}"
+    # A checkpoint written before a field existed stored no value for it: read with today's defaults, so a run
+    # resumes unless a field it trained on differs.
+    with contextlib.suppress(Exception):
+        from ablations.config import ExperimentConfig
+
+        stored = ExperimentConfig.from_dict(stored).to_dict()
     differences = config_differences(stored, config_dict)
     if differences:
         fresh = _fresh_folder(out_dir)

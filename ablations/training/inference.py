@@ -11,9 +11,15 @@ from torch import nn
 
 
 def predict_probabilities(
-    model: nn.Module, images: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    fusion: str = "mean",
 ) -> torch.Tensor:
-    """``(B, 3, H, W)`` normalised images → ``(B, C, H, W)`` averaged softmax at the input resolution."""
+    """``(B, 3, H, W)`` normalised images → ``(B, C, H, W)`` softmax at the input resolution, averaged over the
+    scales and flips (``fusion="mean"``, v3) or their element-wise maximum (``"max"``, v2's MSC fusion)."""
     height, width = images.shape[-2:]
     total = None
     count = 0
@@ -32,6 +38,11 @@ def predict_probabilities(
             if logits.shape[-2:] != (height, width):
                 logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
             probabilities = logits.float().softmax(dim=1)
-            total = probabilities if total is None else total + probabilities
+            if total is None:
+                total = probabilities
+            elif fusion == "max":
+                total = torch.maximum(total, probabilities)
+            else:
+                total = total + probabilities
             count += 1
-    return total / count
+    return total if fusion == "max" else total / count

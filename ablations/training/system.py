@@ -43,6 +43,54 @@ def poly_schedule(step: int, *, max_steps: int, power: float, warmup_steps: int 
     return (1.0 - min(step, max_steps) / max_steps) ** power
 
 
+def step_schedule(step: int, *, every: int, gamma: float, warmup_steps: int = 0) -> float:
+    """Learning-rate factor of the step policy: linear warm-up, then ×``gamma`` every ``every`` iterations
+    (DeepLab v1/v2 §4.1: ×0.1 every 2,000; TPAMI Table 2's "step")."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return gamma ** (step // every)
+
+
+def lr_factor(step: int, t) -> float:
+    """The learning-rate factor at ``step`` under ``train.lr_policy`` (a :class:`~ablations.config.TrainConfig`)."""
+    if t.lr_policy == "step":
+        return step_schedule(step, every=t.resolved_lr_step, gamma=t.lr_gamma, warmup_steps=t.warmup_steps)
+    return poly_schedule(step, max_steps=t.max_steps, power=t.poly_power, warmup_steps=t.warmup_steps)
+
+
+def multi_scale_logits(
+    network: nn.Module, images: torch.Tensor, scales: tuple[float, ...], *, upsample: bool = True
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """DeepLab v2's multi-scale input training (MSC, TPAMI §4.3, Table 4): the network (shared weights) on the
+    input resized to each scale; each scale's score map brought to the scale-1 map's grid (bilinear); and their
+    element-wise maximum, the fused map. Returns (the per-scale maps on that grid, the fused map)."""
+    height, width = images.shape[-2:]
+    outputs = []
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        x = (
+            images
+            if size == (height, width)
+            else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        )
+        outputs.append(network(x, upsample=upsample))
+    grid = outputs[list(scales).index(1.0)].shape[-2:]
+    outputs = [
+        o if o.shape[-2:] == grid else F.interpolate(o, size=grid, mode="bilinear", align_corners=False)
+        for o in outputs
+    ]
+    return outputs, torch.stack(outputs).amax(0)
+
+
+def subsample_labels(target: torch.Tensor, size: tuple[int, int], stride: int) -> torch.Tensor:
+    """Labels ``(B, H, W)`` on a logits grid of ``size`` at ``stride``: every s-th pixel (nearest; cell i is
+    centred on pixel i·s), ignore labels kept — v2's loss on labels subsampled by the output stride."""
+    sampled = target[:, ::stride, ::stride][:, : size[0], : size[1]]
+    if sampled.shape[-2:] != tuple(size):
+        raise ValueError(f"labels of {tuple(target.shape[-2:])} do not subsample onto logits of {tuple(size)}")
+    return sampled
+
+
 class SegmentationSystem(pl.LightningModule):
     """Trains and evaluates one point of the design space.
 
@@ -60,6 +108,8 @@ class SegmentationSystem(pl.LightningModule):
         for module in self.model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = self.config.train.bn_momentum
+                if self.config.train.freeze_bn:
+                    module.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.val_metrics = SegmentationMetrics(
@@ -70,6 +120,20 @@ class SegmentationSystem(pl.LightningModule):
         self.channels_last = False
         self.resumed_from_step: int | None = None
         self.__dict__["network"] = self.model  # what runs: the model, or its torch.compile wrapper (unregistered)
+
+    def train(self, mode: bool = True) -> SegmentationSystem:
+        """``train.freeze_bn``: BatchNorm layers stay in eval mode (running statistics fixed) while training."""
+        super().train(mode)
+        if mode and self.config.train.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def on_train_start(self) -> None:
+        # Lightning trains the modules in the mode they are in (it calls no train()): put frozen BatchNorm in eval.
+        if self.config.train.freeze_bn:
+            self.train()
 
     def on_fit_start(self) -> None:
         # The fast path, once the device is known (train.channels_last, train.compile).
@@ -88,10 +152,21 @@ class SegmentationSystem(pl.LightningModule):
         return self.__dict__["network"](self._normalise(images))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
-        logits = self(batch["image"])
         # Masks travel as uint8 where the classes fit (training.datamodule); cross_entropy takes int64 targets.
         target = batch["mask"].long()
-        loss = segmentation_loss(logits, target, hard_pixel_fraction=self.config.train.hard_pixel_fraction)
+        t = self.config.train
+        network, images = self.__dict__["network"], self._normalise(batch["image"])
+        upsample = t.loss_at == "logits"
+        if len(t.msc_scales) > 1:  # v2 MSC: every scale's score map and their maximum each carry a loss
+            per_scale, fused = multi_scale_logits(network, images, t.msc_scales, upsample=upsample)
+            maps = [*per_scale, fused]
+        else:
+            maps = [network(images, upsample=upsample)]
+        if not upsample:
+            stride = 4 if self.model.decoder is not None else self.model.output_stride
+            target = subsample_labels(target, maps[0].shape[-2:], stride)
+        losses = [segmentation_loss(m, target, hard_pixel_fraction=t.hard_pixel_fraction) for m in maps]
+        loss = losses[0] if len(losses) == 1 else sum(losses) / len(losses)
         batch_size = batch["image"].shape[0]
         # A diverged run stops here with the step and value. Checked every step on a CPU (free) and every
         # log_every steps on an accelerator, where reading the loss waits for the device.
@@ -114,6 +189,7 @@ class SegmentationSystem(pl.LightningModule):
             self._normalise(batch["image"]),
             scales=self.config.eval.scales,
             flip=self.config.eval.flip,
+            fusion=self.config.eval.fusion,
         )
         # max(1).indices: argmax's first-maximum rule, 20× faster over the class dimension on a CPU.
         self.val_metrics.update(probabilities.max(1).indices, batch["mask"].long(), batch.get("size"))
@@ -139,9 +215,7 @@ class SegmentationSystem(pl.LightningModule):
 
     def configure_optimizers(self):
         t = self.config.train
-        optimizer = torch.optim.SGD(self.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: poly_schedule(step, max_steps=t.max_steps, power=t.poly_power, warmup_steps=t.warmup_steps),
-        )
+        trained = [p for p in self.parameters() if p.requires_grad]  # frozen BatchNorm's affine excluded
+        optimizer = torch.optim.SGD(trained, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

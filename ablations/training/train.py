@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ablations import hardware
 from ablations.config import ConfigError, ExperimentConfig, TrainConfig
+from ablations.geometry.analysis import count_flops, count_params
 from ablations.hardware import cpu_name, synchronize
 from ablations.ioutil import check_writable_dir
 from ablations.results import names
@@ -80,7 +81,8 @@ class Throughput(pl.Callback):
     between the end of one step and the start of the next (the loader's wait and the hooks in between: logging,
     ``last.ckpt`` writes; validation and the best checkpoint's write excluded) sums to ``data_wait_s``. Training
     images/s and the median step time are of the steps after the first ``warmup``. On a GPU, model FLOP
-    utilisation: Lightning's ``measure_flops`` of a step over the median step time over the device's dense peak
+    utilisation: the FLOPs of a step (:func:`ablations.geometry.analysis.count_flops`, forward and backward on a
+    meta build) over the median step time over the device's dense peak
     (:func:`ablations.hardware.device_peak_flops`: the project's datasheet table, else Lightning's figure)."""
 
     def __init__(self, warmup: int = 3) -> None:
@@ -97,13 +99,13 @@ class Throughput(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if module.device.type == "cuda":
-            from lightning.fabric.utilities.throughput import measure_flops
+            from ablations.model import build_model
 
             d = module.config.data
-            with torch.device("meta"):
-                meta = SegmentationSystem(module.hparams.config, module.hparams.class_names)
-                x = torch.zeros(d.batch_size, 3, d.crop_size, d.crop_size)
-            self.flops_per_step = measure_flops(meta, lambda: meta(x), lambda y: y.sum())
+            crop = d.crop_size or d.image_size
+            with torch.device("meta"):  # a meta build of its own: the backward pass leaves gradients on it
+                meta = build_model(module.config, load_weights=False)
+            self.flops_per_step = count_flops(meta, (crop, crop), batch=d.batch_size, backward=True)
             self.set_peak(module.device, trainer.precision)
 
     def set_peak(self, device: torch.device, precision: str) -> None:
@@ -159,6 +161,24 @@ class Throughput(pl.Callback):
         return result
 
 
+def check_devices(t: TrainConfig) -> None:
+    """Refuse, in one line, an accelerator this machine lacks or more GPUs than it has, before any work: Lightning
+    would refuse them at ``Trainer(...)`` with a traceback (``MisconfigurationException``). Checked here, where the
+    run starts, not in the config: a study resolved for a GPU machine is also read (reports) on CPU-only ones."""
+    if t.accelerator in ("gpu", "cuda"):
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0:
+            raise ConfigError(f"train.accelerator={t.accelerator!r}: no CUDA GPU is visible here; use auto or cpu")
+    elif t.accelerator == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("train.accelerator='mps': no Apple MPS device is available here; use auto or cpu")
+        available = 1
+    else:
+        available = torch.cuda.device_count() if t.accelerator == "auto" and torch.cuda.is_available() else None
+    if available is not None and t.devices > available:
+        raise ConfigError(f"train.devices={t.devices}: allowed 1 … {available}, the {t.accelerator} devices here")
+
+
 def lightning_deterministic(t: TrainConfig, gpu: bool) -> bool | str:
     """Lightning's ``deterministic=`` for ``train.deterministic`` resolved: deterministic algorithms, warning (not
     failing) at an op that has none (bilinear upsampling's backward on CUDA), or none of that."""
@@ -206,6 +226,7 @@ def train(
     """
     started = time.perf_counter()
     check_writable_dir("out_dir", out_dir, ConfigError)  # before any work (the CLI checks --out the same way)
+    check_devices(config.train)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     data = SegmentationDataModule(config)
     data.setup("fit")  # checks the dataset now, before a logger, a Trainer or a step exists
@@ -268,7 +289,7 @@ def train(
         **timing,
         names.OVERHEAD_S: wall_time_s - timing[names.TRAIN_TIME_S],
         "peak_memory_mb": peak_memory_mb(system),
-        "params": sum(p.numel() for p in system.model.parameters()),
+        "params": count_params(system.model),
         "device": device_name(system),
         "precision": precision,
         "channels_last": system.channels_last,
@@ -332,6 +353,7 @@ def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), *, progress_
     data = SegmentationDataModule(config)
     data.setup("validate")
     t = config.train
+    check_devices(t)
     gpu = t.uses_gpu()
     trainer = pl.Trainer(
         accelerator=t.accelerator,
