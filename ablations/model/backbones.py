@@ -227,13 +227,7 @@ class ResNet(_Planned):
         return features
 
     def load_pretrained(self, weights: str) -> None:
-        if weights == "imagenet":
-            import torchvision
-
-            enum = torchvision.models.get_model_weights(self.name).IMAGENET1K_V1
-            state = _fetch(lambda: enum.get_state_dict(progress=False), f"torchvision {self.name} ImageNet weights")
-        else:
-            state = _read_state_dict(weights)
+        state = torchvision_state(self.name, weights)
         _load_into(self, state, weights, optional_prefixes=tuple(f"block{i}." for i in (5, 6, 7)))
 
 
@@ -332,6 +326,17 @@ def _fetch(load, what: str):
             f"backbone.weights='imagenet': could not load the {what} ({type(error).__name__}: {error}). "
             "Without network access, download them once elsewhere and set backbone.weights to the file's path."
         ) from None
+
+
+def torchvision_state(name: str, weights: str) -> Mapping[str, torch.Tensor]:
+    """``backbone.weights`` as a state dict: torchvision's ImageNet weights of ``name`` for ``imagenet``, else the
+    file the value names."""
+    if weights != "imagenet":
+        return _read_state_dict(weights)
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+    return _fetch(lambda: enum.get_state_dict(progress=False), f"torchvision {name} ImageNet weights")
 
 
 def _read_state_dict(path: str) -> Mapping[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ablations.dilation import LAYOUTS, dilation_plan, tail_stride
-from ablations.model.backbones import _fetch, _load_into, _Planned, _read_state_dict, scaled
+from ablations.model.backbones import _load_into, _Planned, scaled, torchvision_state
 from ablations.model.layers import set_rate
 
 # Channels of conv1..conv5 and their conv counts (Simonyan & Zisserman 2015, configuration D).
@@ -133,14 +133,7 @@ class VGG16(_Planned):
         return features
 
     def load_pretrained(self, weights: str) -> None:
-        if weights == "imagenet":
-            import torchvision
-
-            enum = torchvision.models.get_model_weights(self.name).IMAGENET1K_V1
-            state = _fetch(lambda: enum.get_state_dict(progress=False), f"torchvision {self.name} ImageNet weights")
-        else:
-            state = _read_state_dict(weights)
-        _load_into(self, state, weights)
+        _load_into(self, torchvision_state(self.name, weights), weights)
 
 
 def _one(value) -> int:

@@ -10,6 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """``images`` resized by ``scale`` (bilinear; each side rounded, at least 1), or themselves at scale 1."""
+    height, width = images.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
 def predict_probabilities(
     model: nn.Module,
     images: torch.Tensor,
@@ -24,12 +31,7 @@ def predict_probabilities(
     total = None
     count = 0
     for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = (
-            images
-            if size == (height, width)
-            else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        )
+        scaled = rescale(images, scale)
         for flipped in (False, True) if flip else (False,):
             inputs = scaled.flip(-1) if flipped else scaled
             logits = model(inputs)

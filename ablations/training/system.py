@@ -16,7 +16,7 @@ from ablations.data import IGNORE_INDEX
 from ablations.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ablations.model import build_model
 from ablations.results import names
-from ablations.training.inference import predict_probabilities
+from ablations.training.inference import predict_probabilities, rescale
 from ablations.training.metrics import SegmentationMetrics
 
 
@@ -64,16 +64,7 @@ def multi_scale_logits(
     """DeepLab v2's multi-scale input training (MSC, TPAMI §4.3, Table 4): the network (shared weights) on the
     input resized to each scale; each scale's score map brought to the scale-1 map's grid (bilinear); and their
     element-wise maximum, the fused map. Returns (the per-scale maps on that grid, the fused map)."""
-    height, width = images.shape[-2:]
-    outputs = []
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        x = (
-            images
-            if size == (height, width)
-            else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        )
-        outputs.append(network(x, upsample=upsample))
+    outputs = [network(rescale(images, scale), upsample=upsample) for scale in scales]
     grid = outputs[list(scales).index(1.0)].shape[-2:]
     outputs = [
         o if o.shape[-2:] == grid else F.interpolate(o, size=grid, mode="bilinear", align_corners=False)
