@@ -94,6 +94,7 @@ def report_validations(board: Board, trial: optuna.Trial, study: Study, history:
     values; each objective measured at validation keeps its values per step in the trial's user attribute
     ``intermediate_values`` instead ({metric: {step: value}}, steps as strings, as JSON keys must be): the same
     curves, where Optuna's API shows them (``trial.user_attrs``), without pretending a pruner could read them."""
+    board.check_storage()  # a deleted storage stops the sweep here, before a write into the void fails deep inside
     metrics = [o.metric for o in study.objectives]
     points = [
         (int(entry["step"]), metric, float(entry[metric]))
@@ -260,6 +261,8 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
                     progress_bar=False,
                 )  # fmt: skip
         trained = True
+    except SweepError:  # the storage itself is gone (Board.check_storage): nothing can be recorded there
+        raise
     except optuna.TrialPruned as pruned:
         storage.set_trial_user_attr(tid, "pruned", str(pruned))
         board.study.tell(trial, state=TrialState.PRUNED)
