@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ablations.dilation import LAYOUTS, dilation_plan, tail_stride
+from ablations.dilation import dilation_plan, tail_stride
 from ablations.model.backbones import _load_into, _Planned, scaled, torchvision_state
 from ablations.model.layers import set_rate
 
@@ -87,7 +87,6 @@ class VGG16(_Planned):
     def set_output_stride(self, output_stride: int) -> None:
         """Re-plan for ``output_stride``: the plan's stage strides go to pool1..pool4, pool5 keeps its stride while
         the output stride allows it, every conv runs at stride 1 and at the planned rate."""
-        self.layout = LAYOUTS[self.name]
         plan = dilation_plan(
             self.layout, output_stride=output_stride, multi_grid=self.multi_grid, cascade=self.cascade, hdc=self.hdc,
             first_unit=self.first_unit,

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from ablations.sweep.study import LOADER_WORKERS_ENV as LOADER_ENV  # applied by ablations.sweep.study.Study.resolve
 
 PLACEMENT_ENV = "ABLATIONS_PLACEMENT"  # the worker's placement (JSON), recorded on each trial it runs
+# The --workers N parent's start time, handed to its workers (--retry-failed re-runs failures recorded before it).
+STARTED_ENV = "ABLATIONS_SWEEP_STARTED"
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def worker_env(place: Placement, environ: Mapping[str, str], *, started: float) 
         env["CUDA_VISIBLE_DEVICES"] = place.cuda_visible_devices
     env[LOADER_ENV] = str(place.loader_workers)
     env[PLACEMENT_ENV] = json.dumps(place.record())
-    env["ABLATIONS_SWEEP_STARTED"] = str(started)
+    env[STARTED_ENV] = str(started)
     return env
 
 

@@ -12,12 +12,9 @@ from pathlib import Path
 
 from ablations.ioutil import check_name, check_writable_dir, redact
 from ablations.sweep.board import open_study, settle
+from ablations.sweep.placement import STARTED_ENV
 from ablations.sweep.storage import check_storage_reachable, default_out_dir, open_storage, storage_url
 from ablations.sweep.study import Study, StudyError, load_study
-
-# The environment variable that hands a --workers N parent's start time to its workers (--retry-failed re-runs
-# failures recorded before the sweep started).
-STARTED_ENV = "ABLATIONS_SWEEP_STARTED"
 
 
 @dataclass(frozen=True)
