@@ -25,6 +25,10 @@ SYSTEM_TORCH ?=
 SYSTEM       := $(filter 1 yes true,$(SYSTEM_TORCH))
 PIP_FROM     := $(if $(WHEELS),--no-index --find-links $(abspath $(WHEELS)))
 SYSTEM_PINS  := $(VENV)/system-torch.txt
+# Extras installed: dev (tests, lint) and crf (the dense CRF, eval.crf; it compiles, so an offline wheel folder
+# leaves it out unless EXTRAS=dev,crf and the folder holds a pydensecrf2 wheel built with pip wheel pydensecrf2).
+comma        := ,
+EXTRAS       ?= dev$(if $(WHEELS),,$(comma)crf)
 
 install: $(STAMP)
 
@@ -38,7 +42,7 @@ endif
 ifneq ($(SYSTEM),)
 	$(BIN)/python scripts/wheels.py pins torch torchvision > $(SYSTEM_PINS)
 endif
-	$(BIN)/python -m pip install $(PIP_FROM) $(if $(SYSTEM),--constraint $(SYSTEM_PINS)) -e '.[dev]'
+	$(BIN)/python -m pip install $(PIP_FROM) $(if $(SYSTEM),--constraint $(SYSTEM_PINS)) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 # The wheel folder for make install WHEELS=DIR, built on a machine with a network: make wheels WHEELS=DIR. With

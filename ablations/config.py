@@ -24,7 +24,7 @@ import yaml
 
 from ablations.data import DATASET_NAMES, NUM_CLASSES, SYNTHETIC_SHAPES
 from ablations.dilation import LAYOUTS, dilation_plan, scale_rates
-from ablations.ioutil import load_yaml, read_text_file
+from ablations.ioutil import load_yaml, read_text_file, require_extra
 
 
 class ConfigError(ValueError):
@@ -272,10 +272,13 @@ class HeadConfig:
     style: str = _field(
         "deeplab", "deeplab: a 1×1 classifier (papers) | torchvision: 3×3 conv + BN + ReLU first (DeepLabHead)"
     )
+    msc: bool = _field(False, "v1's MSc: MLP branches on the input and pool1-pool4 added to the logits (vgg16 only)")
+    msc_channels: int = _field(128, "width of each MSc branch's two layers (v1 §4: 128)")
 
     def __post_init__(self) -> None:
         if self.num_classes is not None:
             _require(self.num_classes >= 1, "head.num_classes", self.num_classes, "an integer ≥ 1")
+        _require(self.msc_channels >= 1, "head.msc_channels", self.msc_channels, "an integer ≥ 1")
         _choice("head.style", self.style, ("deeplab", "torchvision"))
 
 
@@ -285,9 +288,49 @@ class EvalConfig:
     scales: tuple[float, ...] = _field((1.0,), "inference scales, softmax averaged (v3 §4.3: 0.5 … 1.75)")
     flip: bool = _field(False, "also average the left-right flipped prediction (v3 Table 4)")
     fusion: str = _field("mean", "how scales and flips combine: mean of the softmax (v3) | max (v2's MSC fusion)")
+    # The fully connected CRF (v1 §4, v2 §3.2) on the fused softmax at the input's resolution with the image's RGB.
+    # Defaults: v2's fixed smoothness kernel (w2 = 3, σγ = 3) and, for the cross-validated appearance kernel, the
+    # values of v2's VGG-16 release (w1 = 4, σα = 65, σβ = 3; inside the paper's search ranges w1 3-6, σα 30-100,
+    # σβ 3-6). Needs the optional extra `crf` (ablations.training.crf).
+    crf: bool = _field(False, "fully connected CRF after the network (v1/v2); val/before_crf/* = the metrics without")
+    crf_iterations: int = _field(10, "CRF: mean-field iterations (v1/v2: 10)")
+    crf_appearance_weight: float = _field(4.0, "CRF: weight w1 of the appearance (bilateral: position + RGB) kernel")
+    crf_appearance_xy: float = _field(65.0, "CRF: σα, the appearance kernel's spatial width in input pixels")
+    crf_appearance_rgb: float = _field(3.0, "CRF: σβ, the appearance kernel's colour width in RGB units (0-255)")
+    crf_smoothness_weight: float = _field(3.0, "CRF: weight w2 of the smoothness (position-only) kernel (v2: 3)")
+    crf_smoothness_xy: float = _field(3.0, "CRF: σγ, the smoothness kernel's width in input pixels (v2: 3)")
+    crf_processes: int | None = _field(
+        None, "CRF: processes, an image per core (it runs on the CPU); null = data.num_workers, the run's CPU share"
+    )
 
     def __post_init__(self) -> None:
         _choice("eval.fusion", self.fusion, ("mean", "max"))
+        _require(
+            isinstance(self.crf_iterations, int) and 1 <= self.crf_iterations <= 100,
+            "eval.crf_iterations",
+            self.crf_iterations,
+            "an integer 1-100 (v2: 10)",
+        )
+        for key in ("crf_appearance_weight", "crf_smoothness_weight"):
+            value = getattr(self, key)
+            _require(0 <= value <= 100, f"eval.{key}", value, "a weight 0-100 (0 drops the kernel)")
+        for key in ("crf_appearance_xy", "crf_appearance_rgb", "crf_smoothness_xy"):
+            value = getattr(self, key)
+            _require(0 < value <= 10000, f"eval.{key}", value, "a width > 0 and ≤ 10000")
+        _require(
+            self.crf_processes is None or (isinstance(self.crf_processes, int) and 1 <= self.crf_processes <= 256),
+            "eval.crf_processes",
+            self.crf_processes,
+            "null (data.num_workers) or an integer 1-256",
+        )
+        if self.crf:
+            _require(
+                self.crf_appearance_weight > 0 or self.crf_smoothness_weight > 0,
+                "eval.crf_appearance_weight",
+                self.crf_appearance_weight,
+                "> 0 where eval.crf_smoothness_weight is 0 too (a CRF without a kernel does nothing)",
+            )
+            require_extra("eval.crf=True", "pydensecrf.densecrf", "crf", "pydensecrf2", ConfigError)
         _require(
             len(self.scales) > 0 and all(s > 0 and math.isfinite(s) for s in self.scales),
             "eval.scales",
@@ -553,6 +596,19 @@ class ExperimentConfig:
                     f"a {k}×{k} fc6 at rate(s) {odd} ({key}={os_}) spans an even number of pixels, with no centre; "
                     "use even rates with an even kernel",
                 )
+        if self.head.msc:
+            _require(
+                backbone.name in ("vgg16", "vgg16_bn"),
+                "head.msc",
+                True,
+                f"v1's MSc branches read VGG-16's pool1-pool4; backbone.name={backbone.name!r} (use vgg16 or vgg16_bn)",
+            )
+            _require(
+                not self.decoder.enabled,
+                "head.msc",
+                True,
+                "the MSc branches join at the output stride, the decoder's output is at stride 4: not both",
+            )
         if self.train.loss_at == "labels":
             # Labels subsampled to the logits' grid (every s-th pixel, s = the logits' stride): cell i of a map at
             # stride s is centred on pixel i·s, so a crop of k·s or k·s + 1 pixels (v2's 321, v3's 513) fits it.

@@ -186,6 +186,20 @@ __all__ = [
 ]
 
 
+def require_extra(flag: str, module: str, extra: str, package: str, error: type[Exception] = ImportError) -> Any:
+    """The module ``module`` of an optional extra, imported; else one line naming the setting that needs it, the
+    extra and how to install it (``pip install -e '.[extra]'``; ``make install`` installs every extra)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as problem:
+        raise error(
+            f"{flag} needs the optional extra '{extra}' ({package}): pip install -e '.[{extra}]', or make install"
+            f" — importing {module} failed: {first_line(problem)}"
+        ) from None
+
+
 def git_commit() -> str | None:
     """The commit of the code that is running (the checkout this package lives in), or None outside git."""
     try:

@@ -127,3 +127,57 @@ def test_a_bad_vgg_setting_exits_2_with_one_line():
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "backbone.cascade=2" in done.stderr
+
+
+# v1's MSc branches (§4): 3×3 → 128, 1×1 → 128, 1×1 → classes on the input and pool1..pool4.
+def msc_params(width_channels: dict[str, int], classes: int, channels: int = 128) -> int:
+    return sum(c * channels * 9 + channels + channels * channels + channels + channels * classes + classes
+               for c in width_channels.values())  # fmt: skip
+
+
+def test_msc_branches_add_their_logits_and_the_papers_parameters():
+    plain = build_model(vgg())
+    config = vgg("head.msc=true")
+    model = build_model(config)
+    taps = {"input": 3, "pool1": 64, "pool2": 128, "pool3": 256, "pool4": 512}
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == msc_params(taps, 21)
+    assert [b[0].stride[0] for b in model.msc.branches.values()] == [8, 4, 2, 1, 1]
+    model.eval()
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        features = model.backbone(x)
+        main = model.context(features["out"])
+        expected = main + sum(branch(features[tap]) for tap, branch in model.msc.branches.items())
+        assert torch.allclose(model(x, upsample=False), expected, atol=1e-5)
+    summary = describe(config, (513, 513))
+    assert summary["msc"]["strides"] == [8, 4, 2, 1, 1] and "MSc" in format_summary(summary)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_msc_trains_and_follows_the_output_stride(output_stride):
+    config = vgg("head.msc=true", "backbone.width=0.125", f"backbone.output_stride={output_stride}",
+                 "context.channels=16", "head.msc_channels=8", "head.num_classes=3")  # fmt: skip
+    model = build_model(config)
+    for size in (64, 67):
+        logits = model(torch.randn(2, 3, size, size))
+        assert logits.shape == (2, 3, size, size)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.msc.parameters())
+    model.set_output_stride(8)
+    assert [b[0].stride[0] for b in model.msc.branches.values()] == [8, 4, 2, 1, 1]
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["head.msc=true", "backbone.name=resnet50"], "backbone.name='resnet50'"),
+        (["head.msc=true", "decoder.enabled=true"], "decoder"),
+        (["head.msc=true", "head.msc_channels=0"], "head.msc_channels"),
+    ],
+)
+def test_bad_msc_settings_are_one_line_errors(overrides, needle):
+    with pytest.raises(ConfigError) as caught:
+        vgg(*overrides)
+    assert needle in str(caught.value) and "head.msc" in str(caught.value) and "\n" not in str(caught.value)

@@ -142,8 +142,13 @@ def _network_summary(config: ExperimentConfig, model: DeepLab, input_size: tuple
         "params": count_params(model),
         "params_by_part": {
             part: count_params(getattr(model, part)) if getattr(model, part) is not None else 0
-            for part in ("backbone", "context", "decoder", "head")
+            for part in ("backbone", "context", "decoder", "head", "msc")
         },
+        "msc": (
+            {"taps": list(model.msc.branches), "strides": [b[0].stride[0] for b in model.msc.branches.values()]}
+            if model.msc is not None
+            else None
+        ),
         "macs": cached_macs(config, input_size),
     }
     _add_geometry(summary, model, cached_conv_geometry(config, input_size))
@@ -246,6 +251,13 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("decoder   off")
     extra = "3×3 conv + BN + ReLU, then " if h["style"] == "torchvision" else ""
     lines.append(f"head      {extra}1×1 → {h['num_classes']} classes")
+    if s.get("msc"):
+        m = s["msc"]
+        taps = ", ".join(f"{t} /{stride}" for t, stride in zip(m["taps"], m["strides"], strict=True))
+        lines.append(
+            f"MSc       v1's branches, 3×3 {h['msc_channels']} → 1×1 {h['msc_channels']} → 1×1 {h['num_classes']}, "
+            f"logits added to the head's; on {taps} (conv stride to the output stride)"
+        )
     rf = s["receptive_field"]
     lines.append(
         f"receptive field  backbone {rf['backbone']} px, with context {rf['context']} px, logits {rf['logits']} px"

@@ -8,6 +8,7 @@ from ablations.model.backbones import BACKBONES
 from ablations.model.context import AtrousPyramid, NoContext, PyramidPooling, SummedAtrousHeads
 from ablations.model.decoder import Decoder
 from ablations.model.deeplab import DeepLab, Head
+from ablations.model.msc import TAPS, MultiScaleFeatures
 from ablations.model.vgg import VGG16
 
 
@@ -62,6 +63,15 @@ def build_model(config: ExperimentConfig, *, load_weights: bool = True) -> DeepL
     if c.merge != "sum":
         head_in = decoder.out_channels if decoder is not None else context.out_channels
         head = Head(head_in, h.num_classes, extra_conv=h.style == "torchvision")
+    msc = None
+    if h.msc:  # v1's MSc branches (VGG-16 only; the config checks)
+        msc = MultiScaleFeatures({t: backbone.channels[t] for t in TAPS}, h.num_classes, channels=h.msc_channels)
     return DeepLab(
-        backbone, context, decoder, head, rates=c.rates or (), reference_output_stride=c.reference_output_stride
+        backbone,
+        context,
+        decoder,
+        head,
+        rates=c.rates or (),
+        reference_output_stride=c.reference_output_stride,
+        msc=msc,
     )

@@ -53,6 +53,7 @@ class DeepLab(nn.Module):
         *,
         rates: Sequence[int] = (),
         reference_output_stride: int | None = None,
+        msc: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -61,6 +62,9 @@ class DeepLab(nn.Module):
         self.head = head
         self.stated_rates = tuple(rates)
         self.reference_output_stride = reference_output_stride
+        self.msc = msc  # v1's MSc branches (ablations.model.msc): logits added to the head's
+        if msc is not None:
+            msc.set_strides(backbone.tap_strides(), backbone.output_stride)
 
     @property
     def output_stride(self) -> int:
@@ -71,6 +75,8 @@ class DeepLab(nn.Module):
         self.backbone.set_output_stride(output_stride)
         if self.stated_rates:
             self.context.set_rates(scale_rates(self.stated_rates, self.reference_output_stride, output_stride))
+        if self.msc is not None:
+            self.msc.set_strides(self.backbone.tap_strides(), output_stride)
 
     @contextlib.contextmanager
     def at_output_stride(self, output_stride: int) -> Iterator[DeepLab]:
@@ -91,6 +97,8 @@ class DeepLab(nn.Module):
             y = self.decoder(y, features)  # (B, C, H/4, W/4)
         if self.head is not None:
             y = self.head(y)
+        if self.msc is not None:
+            y = y + self.msc(features)
         if not upsample:
             return y
         # Upsample logits rather than downsample labels (v3 Table 8: +1.2 mIoU); exact size for odd inputs too.

@@ -29,7 +29,8 @@ class VGG16(_Planned):
     """VGG-16 with DeepLab's pools; ``name`` is ``vgg16`` (no normalisation, the papers') or ``vgg16_bn``.
 
     Returns ``{"conv2": conv3_3 (stride 4), "conv3": conv4_3 (stride 8), "out": pool5's output}``: the features at
-    strides 4 and 8 that the v3+ decoder reads, and the output-stride map the context module (fc6) reads.
+    strides 4 and 8 that the v3+ decoder reads, and the output-stride map the context module (fc6) reads; and the
+    taps of v1's MSc branches (:mod:`ablations.model.msc`): ``input`` and ``pool1`` … ``pool4``.
     """
 
     def __init__(
@@ -60,8 +61,11 @@ class VGG16(_Planned):
             pool = nn.MaxPool2d(3, stride=2, padding=1)
             self._pools.append(pool)
             layers.append(pool)
+            if stage < 4:
+                self._taps[len(layers) - 1] = f"pool{stage + 1}"
         self.features = nn.Sequential(*layers)
-        self.channels = {"conv2": scaled(256, width), "conv3": scaled(512, width), "out": in_channels}
+        self.channels = {"conv2": scaled(256, width), "conv3": scaled(512, width), "out": in_channels, "input": 3}
+        self.channels.update({f"pool{i + 1}": scaled(c, width) for i, (c, _) in enumerate(_STAGES[:4])})
         self._init_weights()
         self._init_plan(
             output_stride=output_stride, multi_grid=multi_grid, cascade=cascade, hdc=hdc, first_unit=first_unit
@@ -102,6 +106,14 @@ class VGG16(_Planned):
         self.output_stride = output_stride
         self.plan = plan
 
+    def tap_strides(self) -> dict[str, int]:
+        """The stride of each MSc tap under the current plan: the input 1, pool k the product of pool1..pool k."""
+        strides, total = {"input": 1}, 1
+        for index, pool in enumerate(self._pools[:4]):
+            total *= _one(pool.stride)
+            strides[f"pool{index + 1}"] = total
+        return strides
+
     def conv_table(self) -> list[dict[str, int | str]]:
         """The 3×3 convs of layer1..layer4 as they are now; ``stride`` is the stride of the pool that opens the
         stage (on the stage's first conv, as for the other encoders, whose first conv carries it)."""
@@ -123,7 +135,7 @@ class VGG16(_Planned):
         ]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = {}
+        features = {"input": x}
         for index, module in enumerate(self.features):
             x = module(x)
             if index in self._taps:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ablations.ioutil import first_line
 from ablations.report import figures
-from ablations.report.papers import Published, load_papers, paper_frame, papers_for
+from ablations.report.papers import Published, crf_published, load_papers, paper_frame, papers_for
 from ablations.results import names, stats, tables
 from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic
 from ablations.sweep.geometry import StudyGeometry, conv_label, study_geometry
@@ -48,6 +48,7 @@ class StudyReport:
     tables: dict[str, Any] = field(default_factory=dict)
     papers: list[tuple[Published, pd.DataFrame]] = field(default_factory=list)
     search: tuple[pd.DataFrame, list[str]] | None = None
+    crf: pd.DataFrame | None = None  # the dense CRF's effect, where the trials ran it (eval.crf)
 
     @property
     def name(self) -> str:
@@ -106,6 +107,11 @@ def analyse(study: Study, df: pd.DataFrame, meta: dict, speed: pd.DataFrame | No
             return report.papers[0][1] if report.papers else None
 
         report.tables = tables.study_tables(study, df, geometry=report.geometry, speed=speed, papers=published)
+        if names.MIOU_BEFORE_CRF in df.columns and df[names.MIOU_BEFORE_CRF].notna().any():
+            frame = tables.crf_frame(
+                df, study.arm_labels, min_effect=study.min_effect, published=crf_published(papers, study.name)
+            )
+            report.crf = frame if len(frame) else None
     else:
         objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
         report.search = tables.search_frame(df, objectives)
@@ -251,6 +257,18 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
             lines += [f"**Geometry:** {geometry.summary()}.", ""]
         lines += [tables.render(t["display"], "md"), "", tables.VERDICT_RULE, "", speed_note(report.meta), ""]
         lines += ["## Δ against the baseline", "", tables.render(comparison_display(t["comparisons"]), "md"), ""]
+        if report.crf is not None:
+            lines += [
+                "## The CRF's effect",
+                "",
+                "Each trial is evaluated before and after the fully connected CRF (`eval.crf`), so an arm's Δ is "
+                "after − before on the same trials, paired per seed, Holm across the arms, the verdict rule above. "
+                "The mIoU column of the result table is after the CRF. The CRF runs on the CPU, one image at a time, "
+                "at the validation images' resolution; its time per image is the trials' mean.",
+                "",
+                tables.render(tables.crf_display(report.crf), "md"),
+                "",
+            ]
         if report.papers:
             lines += ["## The papers beside ours", "", PAPERS_CAVEAT.format(
                 model=_model_text(study), data=_data_text(study)), ""]  # fmt: skip
@@ -289,6 +307,8 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
         if "csv" in formats:
             out[f"tables/{name}.arms.csv"] = to_csv(_flat(t["arms"]))
             out[f"tables/{name}.comparisons.csv"] = to_csv(t["comparisons"])
+            if report.crf is not None:
+                out[f"tables/{name}.crf.csv"] = to_csv(report.crf)
         if "tex" in formats:
             out[f"tables/{name}.tex"] = tables.render(t["display"], "tex")
     else:

@@ -14,7 +14,7 @@ from ablations.ioutil import load_yaml, read_text_file
 from ablations.results import names, stats
 from ablations.results.frames import ResultsError
 
-ENTRY_KEYS = {"study", "paper", "table", "setup", "verified", "values"}
+ENTRY_KEYS = {"study", "paper", "table", "setup", "verified", "values", "metric"}
 REPRODUCED, OPPOSITE, UNRESOLVED = "reproduced", "opposite", "unresolved"
 NOT_REPRODUCED = "not reproduced (equivalent here)"
 NO_EFFECT = "consistent (both below min_effect)"
@@ -28,6 +28,7 @@ class Published:
     setup: str
     verified: bool
     values: dict[str, float]
+    metric: str = names.MIOU  # which of our metrics the values stand beside (val/before_crf/mIoU: before the CRF)
 
     @property
     def source(self) -> str:
@@ -49,6 +50,10 @@ def load_papers(path: str | Path) -> list[Published]:
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values.values()
         ):
             raise ResultsError(f"{where}: values must map arm labels to finite mIoU numbers (%)")
+        if entry.get("metric", names.MIOU) not in (names.MIOU, names.MIOU_BEFORE_CRF):
+            raise ResultsError(
+                f"{where}: metric {entry['metric']!r}: allowed {names.MIOU} (default) or {names.MIOU_BEFORE_CRF}"
+            )
         entries.append(
             Published(
                 study=entry.get("study"),
@@ -57,6 +62,7 @@ def load_papers(path: str | Path) -> list[Published]:
                 setup=str(entry.get("setup", "")),
                 verified=bool(entry.get("verified", True)),
                 values={str(k): float(v) for k, v in values.items()},
+                metric=str(entry.get("metric", names.MIOU)),
             )
         )
     return entries
@@ -109,5 +115,13 @@ def _nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def papers_for(entries: list[Published], study: str) -> list[Published]:
-    return [e for e in entries if e.study == study]
+def papers_for(entries: list[Published], study: str, metric: str = names.MIOU) -> list[Published]:
+    return [e for e in entries if e.study == study and e.metric == metric]
+
+
+def crf_published(entries: list[Published], study: str) -> dict[str, tuple[float | None, float | None]]:
+    """arm → the paper's (before, after) the CRF, from a study's entries for the two metrics (the first of each)."""
+    before = next(iter(papers_for(entries, study, names.MIOU_BEFORE_CRF)), None)
+    after = next(iter(papers_for(entries, study, names.MIOU)), None)
+    arms = set(before.values if before else {}) | set(after.values if after else {})
+    return {a: (before.values.get(a) if before else None, after.values.get(a) if after else None) for a in arms}

@@ -18,6 +18,12 @@ MIOU_LARGE = "val/mIoU_large"
 BOUNDARY_MIOU = "val/boundary_mIoU"
 CLASS_IOU = "val/IoU/"  # + class name
 SIZE_MIOUS = (MIOU_SMALL, MIOU_MEDIUM, MIOU_LARGE)
+# With eval.crf: the val/* metrics are after the dense CRF; the same predictions before it are val/before_crf/*,
+# and the CRF's own time (on the CPU, per validation image, at the input's resolution).
+BEFORE_CRF = "val/before_crf/"
+MIOU_BEFORE_CRF = "val/before_crf/mIoU"
+BOUNDARY_MIOU_BEFORE_CRF = "val/before_crf/boundary_mIoU"
+CRF_MS = "val/crf_ms_per_image"
 
 # Training.
 TRAIN_LOSS = "train/loss"
@@ -74,6 +80,9 @@ KEPT_METRICS = (
     MIOU_MEDIUM,
     MIOU_LARGE,
     BOUNDARY_MIOU,
+    MIOU_BEFORE_CRF,
+    BOUNDARY_MIOU_BEFORE_CRF,
+    CRF_MS,
     TRAIN_IPS,
     TRAIN_STEP_S,
     TRAIN_MFU,
@@ -171,6 +180,8 @@ def run_metrics(config) -> set[str]:
         found |= set(SIZE_MIOUS)
     if config.train.uses_gpu():
         found.add(TRAIN_MFU)
+    if config.eval.crf:
+        found |= {MIOU_BEFORE_CRF, BOUNDARY_MIOU_BEFORE_CRF, CRF_MS}
     found |= {CLASS_IOU + c for c in class_names(config)}
     return found
 

@@ -171,11 +171,13 @@ def compare_arms(
     maximize: bool = True,
     alpha: float = ALPHA,
     identical_to: Mapping[str, str] | None = None,
+    unmeasurable: Mapping[str, str] | None = None,
 ) -> list[Comparison]:
     """Every arm of ``values`` (arm → seed → metric) against ``baseline``, Holm-corrected as one family.
     ``identical_to`` names arms that build the same network as the baseline under the run's geometry: their
-    difference is not a measurement of the studied choice, so they are labelled, not ranked."""
-    identical_to = identical_to or {}
+    difference is not a measurement of the studied choice, so they are labelled, not ranked; so are the arms of
+    ``unmeasurable`` (arm → why its run cannot measure its setting)."""
+    identical_to, unmeasurable = identical_to or {}, unmeasurable or {}
     others = [arm for arm in values if arm != baseline]
     raw = [compare(values[arm], values[baseline], alpha=alpha) for arm in others]
     adjusted, ranks = holm([r.p for r in raw])
@@ -189,6 +191,9 @@ def compare_arms(
             out.append(
                 Comparison(arm, interval, p_holm, NOT_MEASURABLE, None, f"same network as {identical_to[arm]} here")
             )
+            continue
+        if arm in unmeasurable:
+            out.append(Comparison(arm, interval, p_holm, NOT_MEASURABLE, None, unmeasurable[arm]))
             continue
         v, note = verdict(interval, p_holm, min_effect, maximize=maximize)
         out.append(Comparison(arm, interval, p_holm, v, needed if v == INCONCLUSIVE else None, note))

@@ -102,6 +102,7 @@ def comparison_frame(
     metric: str = names.MIOU,
     arms: Sequence[str] | None = None,
     identical_to: Mapping[str, str] | None = None,
+    unmeasurable: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Every arm against ``baseline`` (paired per seed, Holm across the arms; ``stats`` holds the rule)."""
     values = seed_values(df, metric)
@@ -130,7 +131,9 @@ def comparison_frame(
                 label = "inconclusive (the baseline has no complete run)"
                 rows.append({names.ARM: arm, "verdict": stats.INCONCLUSIVE, "pairs": 0, "verdict_label": label})
         return pd.DataFrame(rows)
-    for c in stats.compare_arms(values, baseline, min_effect=min_effect, maximize=maximize, identical_to=identical_to):
+    for c in stats.compare_arms(
+        values, baseline, min_effect=min_effect, maximize=maximize, identical_to=identical_to, unmeasurable=unmeasurable
+    ):
         i = c.interval
         rows.append(
             {
@@ -297,6 +300,8 @@ def study_tables(
     # An arm that is the baseline's network at this geometry measures nothing; one that repeats another arm's
     # network is compared as usual (its Δ is that network's, measured again) and counted once for "best".
     identical, repeats = {}, {}
+    unmeasurable = dict(geometry.unmeasurable) if geometry is not None else {}
+    unmeasurable.pop(baseline, None)  # a baseline that cannot measure makes every verdict moot: the page says so
     if geometry is not None:
         for arm, other in geometry.identical_to.items():
             if geometry.same_network(arm, baseline):
@@ -311,11 +316,16 @@ def study_tables(
         metric=objective.metric,
         arms=study.arm_labels,
         identical_to=identical,
+        unmeasurable=unmeasurable,
     )
     for arm, other in repeats.items():
         row = comparisons[names.ARM] == arm
         comparisons.loc[row, "note"] = f"same network as {other} here (the rates it differs in are 1×1 convs)"
-    values = {a: v for a, v in seed_values(df, objective.metric).items() if a not in identical and a not in repeats}
+    values = {
+        a: v
+        for a, v in seed_values(df, objective.metric).items()
+        if a not in identical and a not in repeats and a not in unmeasurable
+    }
     best = stats.resolved_best(values, min_effect=study.min_effect, maximize=maximize)
     notes = {a: g.note() for a, g in geometry.arms.items()} if geometry is not None else None
     published = papers(comparisons) if papers is not None else None
@@ -340,3 +350,85 @@ VERDICT_RULE = (
     "better/worse needs ≥ 3 paired seeds, a Holm-adjusted p < 0.05 and |Δ| ≥ min_effect; equivalent: the whole "
     "interval within ±min_effect; otherwise inconclusive, with the seeds that would give 80 % power at min_effect."
 )
+
+
+def crf_frame(
+    df: pd.DataFrame,
+    arms: Sequence[str] | None = None,
+    *,
+    min_effect: float,
+    published: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> pd.DataFrame:
+    """The dense CRF's effect on each arm whose trials ran it (``eval.crf``): the same trials' mIoU after the CRF
+    against before it, paired per seed (a trial is its own control), Holm across the arms; with the boundary
+    mIoU before → after, the CRF's time per image and ``published`` (arm → paper's (before, after), %)."""
+    after, before = seed_values(df, names.MIOU), seed_values(df, names.MIOU_BEFORE_CRF)
+    order = [a for a in arm_order(df, arms) if before.get(a)]
+    raw = [stats.compare(after[a], before[a]) for a in order]
+    adjusted, ranks = stats.holm([r.p for r in raw])
+    done = completed(df)
+    rows = []
+    for arm, p_holm, rank in zip(order, adjusted, ranks, strict=True):
+        level = stats.ALPHA / (len(order) - rank + 1)
+        interval = stats.compare(after[arm], before[arm], alpha=level)
+        verdict, note = stats.verdict(interval, p_holm, min_effect)
+        needed = (
+            stats.seeds_needed(interval.sd, min_effect, alpha=stats.ALPHA / len(order))
+            if verdict == stats.INCONCLUSIVE and interval.method == "paired"
+            else None
+        )
+        label = stats.Comparison(arm, interval, p_holm, verdict, needed).label
+        trials = done[done[names.ARM] == arm]
+
+        def mean(column: str, trials=trials) -> float:
+            values = pd.to_numeric(trials[column], errors="coerce") if column in trials else pd.Series(dtype=float)
+            return float(values.mean()) if values.notna().any() else math.nan
+
+        paper_before, paper_after = (published or {}).get(arm, (None, None))
+        paper_delta = paper_after - paper_before if paper_before is not None and paper_after is not None else None
+        devices = sorted({str(d) for d in trials[names.DEVICE].dropna()}) if names.DEVICE in trials else []
+        rows.append(
+            {
+                names.ARM: arm,
+                "pairs": interval.n if interval.method == "paired" else 0,
+                "before": float(np.mean(list(before[arm].values()))),
+                "after": float(np.mean(list(after[arm].values()))),
+                "delta": interval.delta,
+                "low": interval.low,
+                "high": interval.high,
+                "p_holm": p_holm,
+                "verdict": verdict,
+                "verdict_label": label + (f" — {note}" if note else ""),
+                "boundary_before": mean(names.BOUNDARY_MIOU_BEFORE_CRF),
+                "boundary_after": mean(names.BOUNDARY_MIOU),
+                "crf_ms": mean(names.CRF_MS),
+                "device": ", ".join(devices) or "—",
+                "paper_before": paper_before,
+                "paper_after": paper_after,
+                "paper_delta": paper_delta,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def crf_display(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in frame.to_dict("records"):
+        paper = "—"
+        if r["paper_before"] is not None and r["paper_after"] is not None:
+            paper = f"{r['paper_before']:.2f} → {r['paper_after']:.2f} ({r['paper_delta']:+.2f})"
+        rows.append(
+            {
+                "arm": r[names.ARM],
+                "paired seeds": str(r["pairs"]),
+                "mIoU before → after": f"{r['before']:.4f} → {r['after']:.4f}",
+                "Δ [Holm CI]": interval_text(r),
+                "verdict": r["verdict_label"],
+                "boundary mIoU before → after": f"{fmt_num(r['boundary_before'], '.4f')} → "
+                f"{fmt_num(r['boundary_after'], '.4f')}",
+                "CRF ms / image": fmt_num(r["crf_ms"], ".1f"),
+                "on": r["device"],
+                "paper before → after (Δ)": paper,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -32,6 +32,7 @@ class ArmGeometry:
     convs: dict[str, dict[str, Any]]  # module name → conv_geometry entry (dilated convs only)
     studied: tuple[str, ...] = ()
     same_as: str | None = None  # an earlier arm with the same network signature
+    caveats: tuple[str, ...] = ()  # why this arm's run cannot measure what its setting means (not the crop)
 
     @property
     def degenerate(self) -> tuple[str, ...]:
@@ -53,6 +54,7 @@ class ArmGeometry:
                 parts.append(f"{len(self.degenerate)} of {len(self.studied)} degenerate (1×1)")
         if self.same_as is not None:
             parts.append(f"same network as {self.same_as} at {self.crop}²")
+        parts.extend(self.caveats)
         return "; ".join(parts) or "no dilated conv differs"
 
     def degenerate_text(self) -> str:
@@ -71,6 +73,11 @@ class StudyGeometry:
     def identical_to(self) -> dict[str, str]:
         return {a: g.same_as for a, g in self.arms.items() if g.same_as is not None}
 
+    @property
+    def unmeasurable(self) -> dict[str, str]:
+        """Arms whose run cannot measure their setting (a caveat, not the crop): arm → why."""
+        return {a: "; ".join(g.caveats) for a, g in self.arms.items() if g.caveats}
+
     def same_network(self, a: str, b: str) -> bool:
         ga, gb = self.arms[a], self.arms[b]
         return (ga.same_as or a) == (gb.same_as or b)
@@ -80,7 +87,7 @@ class StudyGeometry:
         groups = {g.same_as or a for a, g in self.arms.items()}
         if len(self.arms) > 1 and len(groups) == 1:
             return CANNOT
-        if self.identical_to or any(g.degenerate for g in self.arms.values()):
+        if self.identical_to or any(g.degenerate or g.caveats for g in self.arms.values()):
             return PARTLY
         return ANSWERABLE
 
@@ -97,6 +104,7 @@ class StudyGeometry:
                 notes.append(f"{arm} is the same network as {g.same_as}")
             elif g.degenerate:
                 notes.append(f"{arm}: {g.degenerate_text()} see only their centre tap")
+            notes.extend(f"{arm}: {c}" for c in g.caveats)
         if not notes:
             return f"answerable at {self.crop}²: every studied conv has more than its centre tap on the map"
         return f"partly answerable at {self.crop}²: " + "; ".join(notes)
@@ -114,6 +122,9 @@ class StudyGeometry:
             text += "; same network: " + ", ".join(parts)
         if degenerate:
             text += "; studied convs that are 1×1 here: " + ", ".join(degenerate)
+        caveats = [a for a, g in self.arms.items() if g.caveats]
+        if caveats:
+            text += "; not measurable here: " + ", ".join(caveats)
         return text
 
 
@@ -157,7 +168,18 @@ def arm_geometry(config, crop: int, arm: str = "") -> tuple[ArmGeometry, tuple]:
         rest.pop(section, None)
     rest.get("train", {}).pop("seed", None)
     signature.append(repr(sorted(rest.items())))
-    return ArmGeometry(arm, crop, features, convs), tuple(signature)
+    return ArmGeometry(arm, crop, features, convs, caveats=caveats(config)), tuple(signature)
+
+
+def caveats(config) -> tuple[str, ...]:
+    """What makes a config's run unable to measure its own setting, whatever the crop."""
+    out = []
+    if config.train.freeze_bn and config.backbone.weights is None:
+        out.append(
+            "BatchNorm frozen without pretrained weights: its statistics stay at their initial mean 0 and variance 1, "
+            "so the network trains unnormalised (v3 Table 8 freezes ImageNet statistics; set backbone.weights)"
+        )
+    return tuple(out)
 
 
 def study_geometry(study: Study, seed: int | None = None) -> StudyGeometry | None:
@@ -197,7 +219,7 @@ def startup_warnings(study: Study) -> list[str]:
     geometry = study_geometry(study)
     if geometry is None:
         return []
-    troubled = {a: g for a, g in geometry.arms.items() if g.degenerate or g.same_as is not None}
+    troubled = {a: g for a, g in geometry.arms.items() if g.degenerate or g.same_as is not None or g.caveats}
     if not troubled:
         return []
     answers: dict[str, str] = {}
@@ -210,7 +232,7 @@ def startup_warnings(study: Study) -> list[str]:
             continue
         for arm in troubled:
             g = other.arms.get(arm) if other else None
-            if arm not in answers and g is not None and not g.degenerate and g.same_as is None:
+            if arm not in answers and g is not None and not g.degenerate and g.same_as is None and not g.caveats:
                 answers[arm] = f"profile {profile} ({other.crop}²) measures it"
     lines = []
     for arm, g in troubled.items():
@@ -220,5 +242,6 @@ def startup_warnings(study: Study) -> list[str]:
                         f"(a 1×1 conv) at {g.crop}²")  # fmt: skip
         if g.same_as is not None:
             what.append(f"it is the same network as {g.same_as} at {g.crop}²")
+        what.extend(g.caveats)
         lines.append(f"geometry: arm {arm}: {'; '.join(what)}; {answers.get(arm, 'no installed profile measures it')}")
     return lines

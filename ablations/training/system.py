@@ -16,6 +16,7 @@ from ablations.data import IGNORE_INDEX
 from ablations.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ablations.model import build_model
 from ablations.results import names
+from ablations.training import crf
 from ablations.training.inference import predict_probabilities, rescale
 from ablations.training.metrics import SegmentationMetrics
 
@@ -106,6 +107,13 @@ class SegmentationSystem(pl.LightningModule):
         self.val_metrics = SegmentationMetrics(
             self.config.head.num_classes, class_names=tuple(class_names), size_buckets=size_buckets
         )
+        # eval.crf: the metrics of the same predictions before the CRF, and the CRF's time per image.
+        self.pre_crf_metrics = (
+            SegmentationMetrics(self.config.head.num_classes, class_names=tuple(class_names), size_buckets=size_buckets)
+            if self.config.eval.crf
+            else None
+        )
+        self._crf: crf.CrfRunner | None = None
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.channels_last = False
@@ -182,18 +190,44 @@ class SegmentationSystem(pl.LightningModule):
             flip=self.config.eval.flip,
             fusion=self.config.eval.fusion,
         )
+        target, sizes = batch["mask"].long(), batch.get("size")
+        if self.config.eval.crf:  # v1/v2: the dense CRF on the fused softmax, with the image's own RGB
+            self._ensure_pre_crf_metrics()
+            self.pre_crf_metrics.update(probabilities.max(1).indices, target, sizes)
+            if self._crf is None:
+                e = self.config.eval
+                processes = e.crf_processes if e.crf_processes is not None else self.config.data.num_workers
+                self._crf = crf.CrfRunner(crf.CrfSettings.from_eval(e), processes)
+            probabilities = self._crf(probabilities, batch["image"])
         # max(1).indices: argmax's first-maximum rule, 20× faster over the class dimension on a CPU.
-        self.val_metrics.update(probabilities.max(1).indices, batch["mask"].long(), batch.get("size"))
+        self.val_metrics.update(probabilities.max(1).indices, target, sizes)
+
+    def _ensure_pre_crf_metrics(self) -> None:
+        # `ablations evaluate --set eval.crf=true` turns the CRF on after the system was built.
+        if self.pre_crf_metrics is None:
+            m = self.val_metrics
+            self.pre_crf_metrics = SegmentationMetrics(
+                m.num_classes, class_names=m.class_names, size_buckets=m.size_buckets
+            ).to(self.device)
 
     def on_validation_epoch_end(self) -> None:
         self.model.set_output_stride(self._train_output_stride)
         results = {f"{names.VAL}{k}": v for k, v in self.val_metrics.compute().items()}
         self.val_metrics.reset()
+        if self.config.eval.crf and self.pre_crf_metrics is not None:
+            results.update({f"{names.BEFORE_CRF}{k}": v for k, v in self.pre_crf_metrics.compute().items()})
+            self.pre_crf_metrics.reset()
+            results[names.CRF_MS] = self._crf.take_ms_per_image() if self._crf is not None else math.nan
         self.log_dict({k: v for k, v in results.items() if not math.isnan(v)})  # NaN: class absent from both
         results["step"] = self.global_step
         self.history.append(results)
         if not self.best or results[names.MIOU] > self.best[names.MIOU]:
             self.best = results
+
+    def teardown(self, stage: str) -> None:
+        if self._crf is not None:  # the CRF's process pool, if it started one
+            self._crf.close()
+            self._crf = None
 
     # A resumed run continues the validation history of the run it resumes (ablations.training.checkpoints).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
