@@ -271,3 +271,32 @@ def test_a_search_study_gets_its_pareto_front_from_seed_means_not_a_verdict(proj
     assert front == {"output_stride=8": "yes", "output_stride=16": "yes", "output_stride=32": ""}
     assert "better" not in page and "(best)" not in page
     assert (project / "reports" / "figures" / "toysearch-front.png").is_file()
+
+
+def test_a_crf_study_page_pairs_after_with_before_on_the_same_trials(tmp_path):
+    """The committed crf trials (recorded with eval.crf): the page's CRF section, and the index of a --study run
+    lists every study with data, not only the one rewritten."""
+    import shutil
+
+    from ablations.report.build import generate
+
+    root = Path(__file__).resolve().parent.parent
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("crf", "lr_policy"):
+        for suffix in (".csv", ".meta.json"):
+            shutil.copy(root / "reports" / "data" / f"{name}{suffix}", data / f"{name}{suffix}")
+    generate(sweeps_dir=root / "sweeps", out_dir=tmp_path, papers_file=root / "reports" / "papers.yaml",
+             study_names=["crf"], wandb=False, printer=lambda line: None)  # fmt: skip
+    page = (tmp_path / "crf.md").read_text()
+    assert "## The CRF's effect" in page and "65.76 → 69.84 (+4.08)" in page
+    frame = pd.read_csv(tmp_path / "tables" / "crf.crf.csv")
+    trials = pd.read_csv(data / "crf.csv")
+    done = trials[trials["state"] == "COMPLETE"]
+    for row in frame.to_dict("records"):
+        arm = done[done["arm"] == row["arm"]]
+        assert row["pairs"] == len(arm)
+        assert row["delta"] == pytest.approx((arm["val/mIoU"] - arm["val/before_crf/mIoU"]).mean())
+    index = (tmp_path / "README.md").read_text()
+    assert "[crf](crf.md)" in index and "[lr_policy](lr_policy.md)" in index
+    assert not (tmp_path / "lr_policy.md").exists()  # listed from its data, not rewritten

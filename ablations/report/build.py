@@ -24,7 +24,7 @@ import pandas as pd
 
 from ablations.ioutil import first_line
 from ablations.report import figures
-from ablations.report.papers import Published, crf_published, load_papers, paper_frame, papers_for
+from ablations.report.papers import Published, crf_published, direction, load_papers, paper_frame, papers_for
 from ablations.results import names, stats, tables
 from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic
 from ablations.sweep.geometry import StudyGeometry, conv_label, study_geometry
@@ -111,6 +111,11 @@ def analyse(study: Study, df: pd.DataFrame, meta: dict, speed: pd.DataFrame | No
             frame = tables.crf_frame(
                 df, study.arm_labels, min_effect=study.min_effect, published=crf_published(papers, study.name)
             )
+            if len(frame):
+                frame["direction"] = [
+                    "not published" if delta is None or pd.isna(delta) else direction(delta, v, 100 * study.min_effect)
+                    for delta, v in zip(frame["paper_delta"], frame["verdict"], strict=True)
+                ]
             report.crf = frame if len(frame) else None
     else:
         objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
@@ -613,7 +618,20 @@ def generate(
         for relative, content in render_study(report, formats).items():
             writes[out_dir / relative] = content
     if index:
-        writes[out_dir / "README.md"] = render_index(reports, papers)
+        # The index lists every study with data, also those this run (--study) did not rewrite: their rows come
+        # from their stored trial CSVs, analysed here and not written.
+        indexed = {r.name: r for r in reports}
+        if study_names:
+            others = [files[n] for n in files if n not in indexed]
+            for study, df in load_inputs(others, data_dir, {}, {}):
+                speed_path = data_dir / f"{study.name}.speed.csv"
+                speed = read_csv(speed_path, (names.ARM,)) if speed_path.is_file() else None
+                meta = _read_meta(data_dir / f"{study.name}.meta.json")
+                indexed[study.name] = analyse(study, df, meta, speed, papers)
+        order = list(files)
+        writes[out_dir / "README.md"] = render_index(
+            sorted(indexed.values(), key=lambda r: order.index(r.name)), papers
+        )
     for path, content in writes.items():
         write_atomic(path, content if isinstance(content, bytes) or content.endswith("\n") else content + "\n")
     if index and readme is not None and update_readme(readme, out_dir):

@@ -429,6 +429,7 @@ def crf_display(frame: pd.DataFrame) -> pd.DataFrame:
                 "CRF ms / image": fmt_num(r["crf_ms"], ".1f"),
                 "on": r["device"],
                 "paper before → after (Δ)": paper,
+                **({"direction": r["direction"]} if "direction" in r else {}),
             }
         )
     return pd.DataFrame(rows)
