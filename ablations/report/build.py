@@ -387,7 +387,28 @@ def _directions(report: StudyReport) -> str:
     return ", ".join(sorted(keep)) or "—"
 
 
-def render_index(reports: Sequence[StudyReport], papers: Sequence[Published]) -> str:
+def pending_rows(study_files: Sequence[Path]) -> list[dict[str, str]]:
+    """Studies with no data yet: the question and whether each profile's crop can answer it."""
+    rows = []
+    for path in study_files:
+        row = {"study": f"`{path.stem}`"}
+        for profile in ("quick", "faithful"):
+            try:
+                study = load_study(path, profile=profile)
+            except StudyError as error:
+                row[profile] = f"cannot run: {first_line(error, 80)}"
+                continue
+            row.setdefault("question", study.description.split(". ")[0].rstrip(".") if study.description else "")
+            g = study_geometry(study)
+            row[profile] = "search (no verdict)" if g is None else g.brief()
+        row["run"] = f"`make sweep-{path.stem}`"
+        rows.append(row)
+    return rows
+
+
+def render_index(
+    reports: Sequence[StudyReport], papers: Sequence[Published], pending: Sequence[dict[str, str]] = ()
+) -> str:
     rows = []
     for r in reports:
         g = r.geometry
@@ -412,6 +433,18 @@ def render_index(reports: Sequence[StudyReport], papers: Sequence[Published]) ->
         "",
         tables.render(pd.DataFrame(rows), "md"),
         "",
+    ]
+    if pending:
+        lines += [
+            "## Studies not run yet",
+            "",
+            "Their study files exist and load; no trial data is stored. What each profile's crop can answer (the "
+            "faithful profile is the papers' geometry, for a GPU):",
+            "",
+            tables.render(pd.DataFrame(list(pending)), "md"),
+            "",
+        ]
+    lines += [
         "## Published ablations without a study here",
         "",
     ]
@@ -440,7 +473,12 @@ _VERDICT_ORDER = ("better", "worse", "equivalent", "inconclusive", stats.NOT_MEA
 
 def _index_rows(index: Path) -> list[dict[str, str]]:
     """The rows of the study table in a reports index (``render_index``'s GitHub Markdown table)."""
-    lines = [line for line in index.read_text().splitlines() if line.startswith("|")]
+    lines: list[str] = []
+    for line in index.read_text().splitlines():  # the first table only (the index has others after it)
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            break
     if len(lines) < 2:
         raise ResultsError(f"{index}: no study table")
     cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
@@ -629,9 +667,9 @@ def generate(
                 meta = _read_meta(data_dir / f"{study.name}.meta.json")
                 indexed[study.name] = analyse(study, df, meta, speed, papers)
         order = list(files)
-        writes[out_dir / "README.md"] = render_index(
-            sorted(indexed.values(), key=lambda r: order.index(r.name)), papers
-        )
+        ordered = sorted(indexed.values(), key=lambda r: order.index(r.name))
+        pending = pending_rows([files[n] for n in files if n not in indexed])
+        writes[out_dir / "README.md"] = render_index(ordered, papers, pending)
     for path, content in writes.items():
         write_atomic(path, content if isinstance(content, bytes) or content.endswith("\n") else content + "\n")
     if index and readme is not None and update_readme(readme, out_dir):
