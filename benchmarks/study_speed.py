@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     study = load_study(args.study, profile=args.profile)
     frame, env = measure(study, repeats=args.repeats, printer=lambda line: None)
-    print(f"{study.name} ({study.profile}): {env.get('device', '?')}, CPU {cpu_name()}; {env['method']}")
+    print(f"{study.name} ({study.profile}): {env.get('device', cpu_name())}; {env['method']}")
     base = frame.set_index(names.ARM).loc[study.baseline or study.arm_labels[0]]
     print(f"{'arm':<16} {'train img/s':>12} {'× baseline':>11} {'infer img/s':>12} {'× baseline':>11}")
     for row in frame.to_dict("records"):
