@@ -10,9 +10,11 @@ default to ``None`` and are resolved in ``__post_init__``, so a resolved config 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -75,6 +77,37 @@ def _choice(key: str, value: Any, choices: Iterable[Any]) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Parts
 
+# backbone.deformable: which 3×3 convs of a ResNet sample at learned offsets (Dai et al., ICCV 2017,
+# arXiv:1703.06211) and, in v2, with a learned modulation (Zhu et al., CVPR 2019, arXiv:1811.11168).
+DEFORMABLE_VERSIONS = ("v1", "v2")
+DEFORMABLE_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+DEFORMABLE_FORM = (
+    "STAGE[+STAGE…]:VERSION, a stage optionally cut to its last k units as STAGE[-k:], VERSION v1 or v2 "
+    "(e.g. layer4:v2, layer3+layer4:v2, layer4[-2:]:v1); null = none"
+)
+_DEFORMABLE_SELECTION = r"[A-Za-z_]+[0-9]*(?:\[-[0-9]+:\])?"
+_DEFORMABLE_SPEC = re.compile(rf"(?P<stages>{_DEFORMABLE_SELECTION}(?:\+{_DEFORMABLE_SELECTION})*):(?P<version>\w+)")
+_DEFORMABLE_STAGE = re.compile(r"(?P<stage>[A-Za-z_]+[0-9]*)(?:\[-(?P<last>[0-9]+):\])?")
+
+
+def parse_deformable(spec: str) -> tuple[dict[str, int | None], str]:
+    """``backbone.deformable`` → ``({stage: last k units or None for all}, version)``:
+    ``"layer3[-3:]+layer4:v1"`` → ``({"layer3": 3, "layer4": None}, "v1")``. Checks the form only (a
+    ``ValueError`` naming what is wrong); :class:`BackboneConfig` checks the stages against the backbone."""
+    match = _DEFORMABLE_SPEC.fullmatch(spec.replace(" ", ""))
+    if match is None:
+        raise ValueError(f"expected {DEFORMABLE_FORM}")
+    version = match["version"]
+    if version not in DEFORMABLE_VERSIONS:
+        raise ValueError(f"version {version!r}: allowed {list(DEFORMABLE_VERSIONS)}")
+    stages: dict[str, int | None] = {}
+    for selection in match["stages"].split("+"):
+        part = _DEFORMABLE_STAGE.fullmatch(selection)
+        if part["stage"] in stages:
+            raise ValueError(f"stage {part['stage']!r} named twice")
+        stages[part["stage"]] = int(part["last"]) if part["last"] is not None else None
+    return stages, version
+
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneConfig:
@@ -96,6 +129,11 @@ class BackboneConfig:
         "full", "rate of the conv that gave up its stride: full|previous (torchvision)|half (MMSeg contract)"
     )
     weights: str | None = _field(None, "pretrained encoder weights: null, 'imagenet' (cached hub) or a file path")
+    deformable: str | None = _field(
+        None,
+        "deformable 3×3 convs of a ResNet, at their planned rate: STAGE[+STAGE]:v1|v2, STAGE[-k:] = its last k "
+        "units, e.g. layer4:v2, layer3+layer4:v2, layer4[-2:]:v1 (Dai et al. 2017 Table 1; DCNv2); null = none",
+    )
 
     def __post_init__(self) -> None:
         _choice("backbone.name", self.name, LAYOUTS)
@@ -130,13 +168,58 @@ class BackboneConfig:
             )
         if self.weights is not None:
             _require(self.width == 1.0, "backbone.weights", self.weights, "pretrained weights need backbone.width=1.0")
+        if self.deformable is not None and self.deformable.strip().lower() in ("", "none", "null"):
+            object.__setattr__(self, "deformable", None)
+        if self.deformable is not None:
+            self._check_deformable()
+
+    def _check_deformable(self) -> None:
+        key, spec = "backbone.deformable", self.deformable
+        _require(
+            self.name in DEFORMABLE_BACKBONES,
+            key,
+            spec,
+            f"deformable convs replace the 3×3 convs of a ResNet's residual units ({'|'.join(DEFORMABLE_BACKBONES)}); "
+            f"not supported for backbone.name={self.name!r} (VGG-16's plain convs, MobileNetV2's depthwise ones)",
+        )
+        try:
+            stages, _ = parse_deformable(spec)
+        except ValueError as error:
+            raise ConfigError(f"{key}={spec!r}: {error}") from None
+        names = list(self.layout.stage_names(self.cascade))
+        for stage, last in stages.items():
+            cascaded = stage in ("block5", "block6", "block7")
+            _require(
+                stage in names,
+                key,
+                spec,
+                f"stage {stage!r}: allowed {names}"
+                + (f" ({stage} needs backbone.cascade ≥ {int(stage[-1]) - 4})" if cascaded else "")
+                + ("" if cascaded else "; the cascaded blocks are block5..block7 (backbone.cascade)"),
+            )
+            units = self.layout.stage_units(stage)
+            _require(
+                last is None or 1 <= last <= units,
+                key,
+                spec,
+                f"{stage}[-{last}:]: {stage} has {units} units, so k is 1..{units}",
+            )
+
+    @property
+    def deformable_stages(self) -> tuple[dict[str, int | None], str] | None:
+        """``backbone.deformable`` parsed: ``({stage: last k units or None}, version)``, or None."""
+        return parse_deformable(self.deformable) if self.deformable is not None else None
 
     @property
     def layout(self):
         return LAYOUTS[self.name]
 
 
-CONTEXT_KINDS = ("aspp", "largefov", "spp", "none")
+CONTEXT_KINDS = ("aspp", "largefov", "spp", "nonlocal", "aspp+nonlocal", "custom", "none")
+# Kinds whose module is a v3 ASPP (aspp+nonlocal: a non-local block, then the ASPP), and kinds with 3×3 atrous
+# branches that separable, groups and deformable apply to.
+ASPP_KINDS = ("aspp", "aspp+nonlocal")
+ATROUS_KINDS = ("aspp", "aspp+nonlocal", "largefov")
 
 # Presets fix what makes ASPP-S, ASPP-L and the v3 module what they are (DeepLab v2 TPAMI Table 3; v3 §3.3).
 CONTEXT_PRESETS: dict[str, dict[str, Any]] = {
@@ -150,19 +233,46 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "aspp": dict(CONTEXT_PRESETS["v3"]),
     "largefov": {"rates": (12,), "reference_output_stride": 8, "merge": "sum", "image_pooling": False},
     "spp": {"bins": (4, 2, 1)},
+    "nonlocal": {},
+    "aspp+nonlocal": dict(CONTEXT_PRESETS["v3"]),
+    "custom": {},  # the researcher's module (ablations.model.custom): rates only if given
     "none": {},
 }
 _KIND_KEYS = {
     "aspp": {"rates", "reference_output_stride", "merge", "image_pooling", "channels"},
     "largefov": {"rates", "reference_output_stride", "merge", "image_pooling", "channels"},
     "spp": {"bins", "channels"},
+    "nonlocal": {"channels"},
+    "aspp+nonlocal": {"rates", "reference_output_stride", "merge", "image_pooling", "channels"},
+    "custom": {"rates", "reference_output_stride", "channels"},
     "none": set(),
 }
+# context.target / head.target: "package.module:ClassName" (ablations.model.custom resolves and checks it).
+CUSTOM_TARGET = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def _check_target(section: str, custom: bool, selector: str, target: str | None, args: Mapping[str, Any]) -> None:
+    """``<section>.target`` and ``<section>.args``: required (target) under ``selector``, refused otherwise. The
+    import, the class and its construction are checked with the whole config (:class:`ExperimentConfig`)."""
+    if not custom:
+        _require(target is None, f"{section}.target", target, f"used by {selector} only")
+        _require(not args, f"{section}.args", args, f"used by {selector} only")
+        return
+    _require(
+        isinstance(target, str) and CUSTOM_TARGET.fullmatch(target.strip()) is not None,
+        f"{section}.target",
+        target,
+        f"{selector} needs your module as 'package.module:ClassName', e.g. examples.my_context:StripPooling",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ContextConfig:
-    kind: str = _field("aspp", "module after the backbone: aspp (v2/v3) | largefov (v1) | spp (SPP-net) | none")
+    kind: str = _field(
+        "aspp",
+        "module after the backbone: aspp (v2/v3) | largefov (v1) | spp (SPP-net) | nonlocal (Wang et al. 2018) | "
+        "aspp+nonlocal (the block, then v3's ASPP) | custom (your module, context.target) | none",
+    )
     preset: str | None = _field(None, "aspp rates preset: v3 (6,12,18)@OS16 | aspp-s (2,4,8,12)@OS8 | aspp-l (v2 T3)")
     rates: tuple[int, ...] | None = _field(
         None, "atrous rates of the 3×3 branches at reference_output_stride (v3 §3.3)"
@@ -181,14 +291,45 @@ class ContextConfig:
     dropout: float = _field(0.1, "dropout after the projection / in v2 branches (TF keep 0.9; torchvision 0.5)")
     bins: tuple[int, ...] | None = _field(None, "SPP pyramid levels n×n (SPP-net Fig. 3: 4×4, 2×2, 1×1 = 21 bins)")
     kernel_size: int = _field(3, "fc6 kernel of the v2 heads (largefov, merge=sum): 3, or 4 / 7 as in v2 Table 1")
+    groups: int | str = _field(
+        1,
+        "groups of the 3×3 atrous branch convs: 1 standard | k grouped | depthwise = context.channels groups, no "
+        "pointwise (the notes' GDASPP); must divide the branch's inputs and context.channels",
+    )
+    deformable: str | None = _field(
+        None, "3×3 atrous branches as deformable convs at their rate: v1 (Dai et al. 2017) | v2 (DCNv2); null = rigid"
+    )
+    rate_sets: tuple[tuple[int, ...], ...] | None = _field(
+        None,
+        "multi-scale ASPP: one ASPP (1×1 + a 3×3 per rate) per set at reference_output_stride, one shared image "
+        "pooling and one 1×1 projection (the notes' MultiScaleASPP), e.g. [[1,1,1],[6,12,18],[1,6,12]]; replaces rates",
+    )
+    nonlocal_channels: int | None = _field(
+        None, "width of the non-local block's θ/φ/g 1×1 convs (Wang et al. 2018 §3.3); null = half its input's"
+    )
+    target: str | None = _field(
+        None, "context.kind=custom: your module as 'package.module:ClassName' (docs/custom-modules.md)"
+    )
+    args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"doc": "context.kind=custom: extra keyword arguments of its constructor (a mapping)"},
+    )
 
     def __post_init__(self) -> None:
         _choice("context.kind", self.kind, CONTEXT_KINDS)
         if self.preset is not None:
             _choice("context.preset", self.preset, CONTEXT_PRESETS)
-            _require(self.kind == "aspp", "context.preset", self.preset, "presets apply to context.kind=aspp only")
+            _require(
+                self.kind in ASPP_KINDS,
+                "context.preset",
+                self.preset,
+                f"presets apply to context.kind={' or '.join(ASPP_KINDS)} only",
+            )
         defaults = dict(_KIND_DEFAULTS[self.kind])
         defaults.update(CONTEXT_PRESETS.get(self.preset, {}))
+        if self.rate_sets is not None:
+            self._check_rate_sets()
+            defaults.pop("rates", None)
         for key, value in defaults.items():
             given = getattr(self, key)
             if given is None:
@@ -217,6 +358,13 @@ class ContextConfig:
                 self.reference_output_stride,
                 "allowed [8, 16, 32, 64, 128, 256]",
             )
+        if self.rate_sets is not None:
+            _require(
+                self.reference_output_stride in (8, 16, 32, 64, 128, 256),
+                "context.reference_output_stride",
+                self.reference_output_stride,
+                "allowed [8, 16, 32, 64, 128, 256]",
+            )
         if self.kind == "largefov":
             _require(len(self.rates) == 1, "context.rates", self.rates, "LargeFOV has exactly one rate")
         if self.merge is not None:
@@ -224,9 +372,9 @@ class ContextConfig:
         _choice("context.pooling_norm", self.pooling_norm, ("none", "batch", "group"))
         _choice("context.topology", self.topology, ("parallel", "serial"))
         if self.topology == "serial":
-            _require(self.kind == "aspp", "context.topology", self.topology, "serial applies to context.kind=aspp")
+            _require(self.kind in ASPP_KINDS, "context.topology", self.topology, "serial applies to context.kind=aspp")
         if self.separable:
-            _require(self.kind in ("aspp", "largefov"), "context.separable", True, "needs atrous branches")
+            _require(self.kind in ATROUS_KINDS, "context.separable", True, "needs atrous branches")
         if self.channels is not None:
             _require(self.channels >= 1, "context.channels", self.channels, "an integer ≥ 1")
         _require(0 <= self.dropout < 1, "context.dropout", self.dropout, "allowed 0 ≤ p < 1")
@@ -248,6 +396,123 @@ class ContextConfig:
                 "applies to the v2 heads (context.kind=largefov, or aspp with merge=sum); the others are 3×3",
             )
             _require(not self.separable, "context.kernel_size", self.kernel_size, "separable branches are 3×3")
+        self._check_variants()
+        _check_target("context", self.kind == "custom", "context.kind=custom", self.target, self.args)
+
+    def _check_rate_sets(self) -> None:
+        """Multi-scale ASPP's form, before the kind's defaults apply (which would give it rates)."""
+        key, shown = "context.rate_sets", [list(s) for s in self.rate_sets]
+        _require(self.kind in ASPP_KINDS, key, shown, f"a multi-scale ASPP: needs context.kind={'|'.join(ASPP_KINDS)}")
+        _require(
+            self.rates is None,
+            key,
+            shown,
+            f"replaces context.rates={_show(self.rates)!r} (one ASPP per set); give one of the two",
+        )
+        _require(
+            self.preset is None,
+            key,
+            shown,
+            f"replaces the rates of context.preset={self.preset!r}; set context.preset=null (the v3 defaults apply)",
+        )
+        _require(
+            len(self.rate_sets) > 0 and all(len(rates) > 0 for rates in self.rate_sets),
+            key,
+            shown,
+            "one or more non-empty sets of rates, e.g. [[6, 12, 18], [1, 6, 12]] (sets may differ in length)",
+        )
+        _require(
+            all(r >= 1 for rates in self.rate_sets for r in rates) and not _non_finite(self.rate_sets),
+            key,
+            shown,
+            "integer rates ≥ 1",
+        )
+        _require(
+            len(set(self.rate_sets)) == len(self.rate_sets),
+            key,
+            shown,
+            "distinct sets (a repeated set is the same ASPP twice)",
+        )
+
+    def _check_variants(self) -> None:
+        """groups, deformable, rate_sets' merge and the non-local block (issue 19)."""
+        if self.rate_sets is not None:
+            _require(
+                self.merge == "concat",
+                "context.rate_sets",
+                [list(s) for s in self.rate_sets],
+                f"a multi-scale ASPP concatenates and projects its branches: needs context.merge=concat, not "
+                f"{self.merge!r}",
+            )
+        groups = self.groups
+        _require(
+            groups == "depthwise" or (isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1),
+            "context.groups",
+            groups,
+            "an integer ≥ 1 or depthwise (= context.channels groups)",
+        )
+        if groups != 1:
+            _require(
+                self.kind in ATROUS_KINDS,
+                "context.groups",
+                groups,
+                f"groups the 3×3 atrous branches: needs context.kind={'|'.join(ATROUS_KINDS)}",
+            )
+            _require(
+                not self.separable,
+                "context.groups",
+                groups,
+                "with context.separable=true the branches are depthwise + pointwise already; use one of the two",
+            )
+            divisors = [d for d in range(1, self.channels + 1) if self.channels % d == 0]
+            _require(
+                self.resolved_groups in divisors,
+                "context.groups",
+                groups,
+                f"must divide context.channels={self.channels}: allowed divisors {divisors} (or depthwise)",
+            )
+        if self.deformable is not None:
+            _choice("context.deformable", self.deformable, (None, "v1", "v2"))
+            _require(
+                self.kind in ATROUS_KINDS,
+                "context.deformable",
+                self.deformable,
+                f"makes the 3×3 atrous branches deformable: needs context.kind={'|'.join(ATROUS_KINDS)}",
+            )
+            _require(
+                not self.separable and groups == 1,
+                "context.deformable",
+                self.deformable,
+                "deformable branches are full 3×3 convs: needs context.separable=false and context.groups=1",
+            )
+        if self.nonlocal_channels is not None:
+            _require(
+                self.kind in ("nonlocal", "aspp+nonlocal"),
+                "context.nonlocal_channels",
+                self.nonlocal_channels,
+                "not used without a non-local block (context.kind=nonlocal|aspp+nonlocal)",
+            )
+            _require(self.nonlocal_channels >= 1, "context.nonlocal_channels", self.nonlocal_channels, "an integer ≥ 1")
+        if self.kind == "aspp+nonlocal":
+            _require(
+                self.merge == "concat",
+                "context.merge",
+                self.merge,
+                "context.kind=aspp+nonlocal puts the block before v3's ASPP: needs context.merge=concat",
+            )
+
+    @property
+    def resolved_groups(self) -> int:
+        """``groups`` as a number: ``depthwise`` is ``channels`` groups (one output channel per group)."""
+        return self.channels if self.groups == "depthwise" else self.groups
+
+    @property
+    def stated_rates(self) -> tuple[int, ...]:
+        """Every 3×3 branch's rate at ``reference_output_stride``, in build order: ``rates``, or the rate sets one
+        after another (what the model re-scales at another output stride)."""
+        if self.rate_sets is not None:
+            return tuple(r for rates in self.rate_sets for r in rates)
+        return tuple(self.rates or ())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,8 +523,12 @@ class DecoderConfig:
     channels: int = _field(256, "width of those 3×3 convs (v3+ Table 2: 256)")
     low_level: str = _field("conv2", "low-level features: conv2 (stride 4) | conv2+conv3 (U-Net-like, v3+ Table 2)")
     separable: bool = _field(False, "depthwise-separable 3×3 decoder convs (v3+ §3.2), independent of ASPP's")
+    upsample: str = _field(
+        "bilinear", "encoder features to the low-level size: bilinear (v3+) | transposed (FCN's learned, bilinear init)"
+    )
 
     def __post_init__(self) -> None:
+        _choice("decoder.upsample", self.upsample, ("bilinear", "transposed"))
         _require(self.low_level_channels >= 1, "decoder.low_level_channels", self.low_level_channels, "an integer ≥ 1")
         _require(self.convs >= 1, "decoder.convs", self.convs, "an integer ≥ 1")
         _require(self.channels >= 1, "decoder.channels", self.channels, "an integer ≥ 1")
@@ -270,7 +539,18 @@ class DecoderConfig:
 class HeadConfig:
     num_classes: int | None = _field(None, "classes predicted; null = the dataset's (VOC 21, Cityscapes 19, ADE 150)")
     style: str = _field(
-        "deeplab", "deeplab: a 1×1 classifier (papers) | torchvision: 3×3 conv + BN + ReLU first (DeepLabHead)"
+        "deeplab",
+        "deeplab: a 1×1 classifier (papers) | torchvision: 3×3 conv + BN + ReLU first (DeepLabHead) | custom: "
+        "your module (head.target)",
+    )
+    upsample: str = _field(
+        "bilinear",
+        "logits to the input's size: bilinear (DeepLab, v3 Table 8) | transposed (FCN's learned deconvolution, "
+        "kernel 2s, stride s, bilinear init; Long et al. 2015 §3.3)",
+    )
+    target: str | None = _field(None, "head.style=custom: your classifier as 'package.module:ClassName'")
+    args: dict[str, Any] = field(
+        default_factory=dict, metadata={"doc": "head.style=custom: extra keyword arguments of its constructor"}
     )
     msc: bool = _field(False, "v1's MSc: MLP branches on the input and pool1-pool4 added to the logits (vgg16 only)")
     msc_channels: int = _field(128, "width of each MSc branch's two layers (v1 §4: 128)")
@@ -279,7 +559,9 @@ class HeadConfig:
         if self.num_classes is not None:
             _require(self.num_classes >= 1, "head.num_classes", self.num_classes, "an integer ≥ 1")
         _require(self.msc_channels >= 1, "head.msc_channels", self.msc_channels, "an integer ≥ 1")
-        _choice("head.style", self.style, ("deeplab", "torchvision"))
+        _choice("head.style", self.style, ("deeplab", "torchvision", "custom"))
+        _choice("head.upsample", self.upsample, ("bilinear", "transposed"))
+        _check_target("head", self.style == "custom", "head.style=custom", self.target, self.args)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -596,6 +878,14 @@ class ExperimentConfig:
                     f"a {k}×{k} fc6 at rate(s) {odd} ({key}={os_}) spans an even number of pixels, with no centre; "
                     "use even rates with an even kernel",
                 )
+        if context.rate_sets is not None:  # each set scales with the output stride exactly like context.rates
+            for key, os_ in (("backbone.output_stride", backbone.output_stride), ("eval.output_stride", eval_os)):
+                for rates in context.rate_sets:
+                    try:
+                        scale_rates(rates, context.reference_output_stride, os_)
+                    except ValueError as error:
+                        shown = [list(r) for r in context.rate_sets]
+                        raise ConfigError(f"context.rate_sets={shown} with {key}={os_}: {error}") from None
         if self.head.msc:
             _require(
                 backbone.name in ("vgg16", "vgg16_bn"),
@@ -634,6 +924,47 @@ class ExperimentConfig:
                 self.head.style,
                 "context.merge=sum produces logits itself; use style=deeplab",
             )
+        self._check_upsampling()
+        if context.kind == "custom" or self.head.style == "custom":
+            self._check_custom_modules()
+
+    def _check_upsampling(self) -> None:
+        """head.upsample / decoder.upsample = transposed: FCN's learned upsampling is a conv of one stride."""
+        backbone, eval_os, head, decoder = self.backbone, self.eval_output_stride, self.head, self.decoder
+        if decoder.upsample == "transposed":
+            _require(decoder.enabled, "decoder.upsample", decoder.upsample, "used by decoder.enabled=true only")
+        learned = []
+        if decoder.upsample == "transposed":
+            learned.append(("decoder.upsample", f"from stride {backbone.output_stride} to the low-level features'"))
+        if head.upsample == "transposed" and not decoder.enabled:  # with the decoder the logits are at stride 4
+            learned.append(("head.upsample", f"×{backbone.output_stride}"))
+        for key, factor in learned:
+            _require(
+                eval_os == backbone.output_stride,
+                key,
+                "transposed",
+                f"a learned transposed conv ({factor}), trained at backbone.output_stride={backbone.output_stride}, "
+                f"cannot upsample the eval.output_stride={eval_os} map; evaluate at the training output stride "
+                "(eval.output_stride=null) or use bilinear",
+            )
+        if head.upsample == "transposed":
+            _require(
+                self.train.loss_at == "logits",
+                "head.upsample",
+                "transposed",
+                "train.loss_at=labels takes the loss before the logits are upsampled, so the learned upsampling "
+                "would never train (it would stay bilinear); use train.loss_at=logits or head.upsample=bilinear",
+            )
+
+    def _check_custom_modules(self) -> None:
+        """context.kind=custom / head.style=custom: import, class, construction and a meta-device forward pass
+        (:func:`ablations.model.custom.check_config`; imported here, as config is below the model package)."""
+        from ablations.model.custom import CustomModuleError, check_config
+
+        try:
+            check_config(self)
+        except CustomModuleError as error:
+            raise ConfigError(str(error)) from None
 
     @property
     def eval_output_stride(self) -> int:
@@ -787,10 +1118,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1:  # e.g. int | str (context.groups: 4 or depthwise): the first type that takes it
+            for option in options:
+                with contextlib.suppress(ConfigError):
+                    return _coerce(value, option, key)
+            names = {int: "an integer", str: "a string", float: "a number", bool: "true or false"}
+            raise ConfigError(f"{key}={_show(value)!r}: expected {' or '.join(names.get(o, str(o)) for o in options)}")
+        return _coerce(value, options[0], key)
     if origin is tuple:
         items = value if isinstance(value, list | tuple) else [value]
+        if typing.get_origin(args[0]) is tuple and not all(isinstance(v, list | tuple) for v in items):
+            # A list of lists (context.rate_sets): a flat list is not read as one-element sets
+            raise ConfigError(f"{key}={_show(value)!r}: expected a list of lists, e.g. [[6, 12, 18], [1, 6, 12]]")
         return tuple(_coerce(v, args[0], key) for v in items)
     if origin is dict:
         if value is None:  # `hdc: null` in YAML means no entries
@@ -809,6 +1149,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return float(value)
     if hint is str:
         _require(isinstance(value, str), key, value, "expected a string")
+        return value
+    if hint is Any:  # a custom module's keyword arguments (context.args, head.args): its constructor checks them
         return value
     raise TypeError(f"{key}: unsupported field type {hint!r}")  # a bug in this module, not user input
 

@@ -109,7 +109,11 @@ BAD = [
     (["backbone.output_stride=eight"], "backbone.output_stride='eight': expected an integer", None),
     (["backbone.output_stride=true"], "backbone.output_stride=True: expected an integer", None),
     (["backbone.output_stride=8.5"], "backbone.output_stride=8.5: expected an integer", None),
-    (["context.kind=psp"], "context.kind='psp': allowed ['aspp', 'largefov', 'spp', 'none']", None),
+    (
+        ["context.kind=psp"],
+        "context.kind='psp': allowed ['aspp', 'largefov', 'spp', 'nonlocal', 'aspp+nonlocal', 'custom', 'none']",
+        None,
+    ),
     (["context.preset=aspp-xl"], "context.preset='aspp-xl': allowed ['v3', 'aspp-s', 'aspp-l']", None),
     (
         ["context.preset=aspp-s", "context.rates=6,12,18"],

@@ -43,7 +43,7 @@ def test_plain_install_uses_the_index_and_an_isolated_venv(tmp_path):
     assert f"python3 -m venv  {tmp_path / 'venv'}" in out
     assert "--no-index" not in out and "--find-links" not in out
     assert "--system-site-packages" not in out and "--constraint" not in out
-    assert "-e '.[dev]'" in out
+    assert "-e '.[dev,crf]'" in out
 
 
 @needs_make

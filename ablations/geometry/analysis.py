@@ -125,8 +125,12 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], *, batch: int = 1
     ``FlopCounterMode`` (the one FLOP counter of the project; Lightning's ``measure_flops`` wraps the same):
     a forward pass in eval mode without gradients, or with ``backward`` a forward and backward pass of the sum
     of the outputs in training mode. Runs on the model's device; on the meta device nothing is computed. A model
-    on the meta device should be a copy: the backward pass leaves (meta) gradients on its parameters."""
+    on the meta device should be a copy: the backward pass leaves (meta) gradients on its parameters.
+    torchvision's deformable conv, which torch counts as 0, is counted by
+    :data:`ablations.model.deformable.FLOP_FORMULAS` (the conv plus its bilinear sampling)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from ablations.model.deformable import FLOP_FORMULAS
 
     device = next(model.parameters()).device
     x = torch.zeros(batch, 3, *input_size, device=device)
@@ -134,10 +138,10 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], *, batch: int = 1
     model.train(backward)
     try:
         if backward:
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
                 model(x).float().sum().backward()
         else:
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
                 model(x)
     finally:
         model.train(was_training)
@@ -211,15 +215,40 @@ def network_field_of_view(model: nn.Module) -> dict:
         tail.append((jump if model.decoder is None else tail[-1][0], 1))
     for stride, n_convs in tail:
         logits_rf += 2 * stride * n_convs
-    return {
-        "receptive_field": {
-            "backbone": backbone_rf,
-            "context": context_rf,
-            "logits": logits_rf,
-            "global": bool(getattr(model.context, "is_global", False)),
-        },
+    field = {"backbone": backbone_rf, "context": context_rf, "logits": logits_rf}
+    deformable = deformable_parts(model)
+    if deformable:
+        # A deformable conv's taps sit where its offsets put them, per input (Dai et al. 2017 §2.1): the field of
+        # view is data-dependent from that conv on. The rigid figures stay, named for what they are: the field
+        # of the rigid sampling grid, which is the network's at initialisation (zero offsets).
+        rigid = dict(field)
+        order = list(field)  # backbone → context → logits: a data-dependent part makes the later ones so too
+        for part in order[min(order.index(p) for p in deformable) :]:
+            field[part] = DATA_DEPENDENT
+    out = {
+        "receptive_field": {**field, "global": bool(getattr(model.context, "is_global", False))},
         "gridding_holes": holes,
     }
+    if deformable:
+        out["receptive_field"]["rigid_grid"] = rigid
+        out["receptive_field"]["deformable"] = sorted(n for names in deformable.values() for n in names)
+    return out
+
+
+DATA_DEPENDENT = "data-dependent (deformable)"
+
+
+def deformable_parts(model: nn.Module) -> dict[str, list[str]]:
+    """The deformable convs of a model by the part whose field of view they make data-dependent: ``backbone``,
+    ``context``, or ``logits`` for any other (decoder, head); any
+    :class:`~ablations.model.deformable.DeformConv2d`, wherever it sits."""
+    from ablations.model.deformable import deformable_modules
+
+    parts: dict[str, list[str]] = {}
+    for name in deformable_modules(model):
+        part = name.split(".", 1)[0]
+        parts.setdefault(part if part in ("backbone", "context") else "logits", []).append(name)
+    return parts
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -247,31 +276,44 @@ def valid_fraction(side: int, rate: int, *, kernel: int = 3, stride: int = 1, pa
 
 
 def valid_taps(
-    size: int | Sequence[int], rate: int | Sequence[int], *, kernel: int = 3, stride: int = 1, padding=None
+    size: int | Sequence[int],
+    rate: int | Sequence[int],
+    *,
+    kernel: int | Sequence[int] = 3,
+    stride: int = 1,
+    padding=None,
 ) -> float:
     """Share of a k×k conv's k² taps that land inside an ``(H, W)`` map, averaged over output positions: 1 for
-    a rate-1 conv on a large map, 1/9 for a 3×3 conv whose rate is at least the map's side (a 1×1 conv)."""
+    a rate-1 conv on a large map, 1/9 for a 3×3 conv whose rate is at least the map's side (a 1×1 conv). ``kernel``
+    may be per dimension (a custom module's 3×1 conv)."""
     sizes = (size, size) if isinstance(size, int) else tuple(size)
+    kernels = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
     rates = (rate, rate) if isinstance(rate, int) else tuple(rate)
     strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
     pads = (padding, padding) if padding is None or isinstance(padding, int) else tuple(padding)
     return math.prod(
-        valid_fraction(n, r, kernel=kernel, stride=s, padding=p)
-        for n, r, s, p in zip(sizes, rates, strides, pads, strict=True)
+        valid_fraction(n, r, kernel=k, stride=s, padding=p)
+        for n, r, k, s, p in zip(sizes, rates, kernels, strides, pads, strict=True)
     )
 
 
-def is_degenerate(size: int | Sequence[int], rate: int | Sequence[int], *, kernel: int = 3) -> bool:
-    """Only the centre tap ever lands on the map: the rate is at least the side in every dimension."""
+def is_degenerate(size: int | Sequence[int], rate: int | Sequence[int], *, kernel: int | Sequence[int] = 3) -> bool:
+    """Only the centre tap ever lands on the map: the rate is at least the side in every dimension the kernel
+    spans (``kernel`` may be per dimension)."""
     sizes = (size, size) if isinstance(size, int) else tuple(size)
     rates = (rate, rate) if isinstance(rate, int) else tuple(rate)
-    return kernel > 1 and all(r >= n for n, r in zip(sizes, rates, strict=True))
+    kernels = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    spans = [(n, r) for n, r, k in zip(sizes, rates, kernels, strict=True) if k > 1]
+    return bool(spans) and all(r >= n for n, r in spans)
 
 
 def conv_geometry(model: nn.Module, input_size: tuple[int, int]) -> dict[str, dict]:
     """Every conv with a kernel wider than 1 in ``model``, as it runs on a ``(1, 3, *input_size)`` input: the
     map it reads, its rate, stride and the valid-tap share. One forward pass (on the model's device: the meta
-    device costs nothing); keyed by module name."""
+    device costs nothing); keyed by module name. A deformable conv's entry also holds ``deformable`` (its version);
+    its valid-tap share and ``degenerate`` are those of its rigid sampling grid (zero offsets: at initialisation)."""
+    from ablations.model.deformable import DeformConv2d
+
     seen: dict[str, dict] = {}
     hooks = []
 
@@ -288,15 +330,17 @@ def conv_geometry(model: nn.Module, input_size: tuple[int, int]) -> dict[str, di
                 "in_channels": module.in_channels,
                 "out_channels": module.out_channels,
                 "valid_taps": valid_taps(
-                    size, module.dilation, kernel=module.kernel_size[0], stride=module.stride, padding=module.padding
+                    size, module.dilation, kernel=module.kernel_size, stride=module.stride, padding=module.padding
                 ),
-                "degenerate": is_degenerate(size, module.dilation, kernel=module.kernel_size[0]),
+                "degenerate": is_degenerate(size, module.dilation, kernel=module.kernel_size),
             }
+            if isinstance(module, DeformConv2d):
+                seen[name]["deformable"] = module.version
 
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.kernel_size[0] > 1:
+        if isinstance(module, nn.Conv2d) and max(module.kernel_size) > 1:  # a 1×3 conv too (custom modules)
             hooks.append(module.register_forward_hook(record(name)))
     device = next(model.parameters()).device
     was_training = model.training
@@ -326,7 +370,8 @@ def network_signature(model: nn.Module, input_size: tuple[int, int], geometry: d
                             padding=module.padding[d])
                 for d, n in enumerate(g["size"])
             )  # fmt: skip
-            parts.append((name, "Conv2d", module.in_channels, module.out_channels, module.groups, taps))
+            kind = f"DeformConv2d/{g['deformable']}" if "deformable" in g else "Conv2d"
+            parts.append((name, kind, module.in_channels, module.out_channels, module.groups, taps))
         elif not list(module.children()) or hasattr(module, "topology"):
             parts.append((name, type(module).__name__, module.extra_repr(), getattr(module, "topology", None)))
     return tuple(parts)

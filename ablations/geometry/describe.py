@@ -23,6 +23,7 @@ from ablations.geometry.analysis import (
     stage_dilations,
 )
 from ablations.model import DeepLab
+from ablations.model.nonlocal_block import NonLocalBlock, attention_bytes, attention_entries
 
 
 def measure_output_stride(model: DeepLab) -> int:
@@ -76,7 +77,9 @@ def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513))
         "output_stride": eval_os,
         "scales": list(config.eval.scales),
         "flip": config.eval.flip,
-        "context_rates": list(scale_rates(c.rates, c.reference_output_stride, eval_os)) if c.rates else [],
+        "context_rates": (
+            list(scale_rates(c.stated_rates, c.reference_output_stride, eval_os)) if c.stated_rates else []
+        ),
     }
     if eval_os != config.backbone.output_stride:
         eval_summary.update(
@@ -86,7 +89,46 @@ def describe(config: ExperimentConfig, input_size: tuple[int, int] = (513, 513))
             )
         )  # fmt: skip
     summary["eval"] = eval_summary
+    summary["nonlocal"] = _nonlocal_summary(config, size, summary["feature_size"])
     return summary
+
+
+def _attention(height: int, width: int, batch: int = 1) -> dict[str, Any]:
+    """The attention matrices of a non-local block on a ``height × width`` map, for ``batch`` images (fp32)."""
+    return {
+        "map": [height, width],
+        "batch": batch,
+        "entries": attention_entries(height, width, batch),
+        "bytes": attention_bytes(height, width, batch),
+    }
+
+
+def _nonlocal_summary(config: ExperimentConfig, size: tuple[int, int], features: list[int]) -> dict[str, Any] | None:
+    """The non-local block's widths and its attention matrix, (h·w)² per image in fp32: at ``size`` at the training
+    and at the evaluation output stride, and for one training batch at the training crop; None without a block."""
+    blocks = cache.read(
+        config, "nonlocal_blocks",
+        lambda model: [[n, m.theta.in_channels, m.channels] for n, m in model.named_modules()
+                       if isinstance(m, NonLocalBlock)],
+    )  # fmt: skip
+    if not blocks:
+        return None
+    ((name, in_channels, channels),) = blocks
+    eval_os = config.eval_output_stride
+    eval_map = cache.read(
+        config, "feature_size",
+        lambda model: list(model.backbone(torch.zeros(1, 3, *size, device="meta"))["out"].shape[-2:]),
+        size=size, output_stride=eval_os,
+    )  # fmt: skip
+    crop = config.data.crop_size or config.data.image_size
+    return {
+        "module": name,
+        "in_channels": in_channels,
+        "channels": channels,
+        "attention": _attention(*features),
+        "eval": {"output_stride": eval_os, **_attention(*eval_map)},
+        "train_batch": {"crop": crop, **_attention(*feature_size(config, (crop, crop)), config.data.batch_size)},
+    }
 
 
 def _eval_summary(config: ExperimentConfig, model: DeepLab, size: tuple[int, int]) -> dict[str, Any]:
@@ -128,21 +170,36 @@ def _network_summary(config: ExperimentConfig, model: DeepLab, input_size: tuple
             "topology": c.topology,
             "merge": c.merge,
             "rates": list(context.rates),
-            "stated_rates": list(c.rates or ()),
+            "stated_rates": list(c.stated_rates),
             "reference_output_stride": c.reference_output_stride,
             "image_pooling": bool(c.image_pooling),
             "separable": c.separable,
             "branches": context.branch_count,
+            **_context_variants(config, context),
+            # context.kind=custom (ablations.model.custom): what it is and whether it states its field of view
+            **(
+                {"target": c.target, "args": dict(c.args), "declares_paths": context.declares_paths}
+                if c.kind == "custom"
+                else {}
+            ),
         },
         "decoder": (
-            {"levels": list(model.decoder.levels), "low_level_channels": config.decoder.low_level_channels}
+            {
+                "levels": list(model.decoder.levels),
+                "low_level_channels": config.decoder.low_level_channels,
+                "upsampling": [list(u) for u in model.decoder.upsampling()],  # [level, factor, mode] per resize
+            }
             if model.decoder is not None
             else None
         ),
+        "upsampling": {  # the logits to the input's size (head.upsample)
+            "mode": "transposed" if model.upsampler is not None else "bilinear",
+            "factor": 4 if model.decoder is not None else model.output_stride,
+        },
         "params": count_params(model),
         "params_by_part": {
             part: count_params(getattr(model, part)) if getattr(model, part) is not None else 0
-            for part in ("backbone", "context", "decoder", "head", "msc")
+            for part in ("backbone", "context", "decoder", "head", "msc", "upsampler")
         },
         "msc": (
             {"taps": list(model.msc.branches), "strides": [b[0].stride[0] for b in model.msc.branches.values()]}
@@ -161,6 +218,22 @@ def _network_summary(config: ExperimentConfig, model: DeepLab, input_size: tuple
     return summary
 
 
+def _context_variants(config: ExperimentConfig, context) -> dict[str, Any]:
+    """Read off the built context module: the groups and deformable version of its 3×3 atrous convs, and its rate
+    sets (multi-scale ASPP) as built and as stated."""
+    out: dict[str, Any] = {}
+    convs = [branch.atrous for branch in context.atrous_branches()] if hasattr(context, "atrous_branches") else []
+    if convs and not config.context.separable:
+        out["groups"] = sorted({conv.groups for conv in convs})
+    versions = sorted({getattr(conv, "version", None) for conv in convs} - {None})
+    if versions:
+        out["deformable"] = versions
+    if config.context.rate_sets is not None:
+        out["rate_sets"] = [list(rates) for rates in context.rate_sets]
+        out["stated_rate_sets"] = [list(rates) for rates in config.context.rate_sets]
+    return out
+
+
 def _add_geometry(summary: dict[str, Any], model: DeepLab, geometry: dict[str, dict]) -> None:
     """``valid_taps`` (and the map each conv reads) on every unit row, and ``context_geometry``: one entry per
     context conv wider than 1×1 (the atrous branches), from the model's ``conv_geometry`` at the input size."""
@@ -172,7 +245,8 @@ def _add_geometry(summary: dict[str, Any], model: DeepLab, geometry: dict[str, d
             row.update(size=g["size"], valid_taps=g["valid_taps"], degenerate=g["degenerate"])
     summary["context_geometry"] = [
         {"module": name.removeprefix("context."), "rate": g["dilation"], "size": g["size"],
-         "valid_taps": g["valid_taps"], "degenerate": g["degenerate"]}
+         "valid_taps": g["valid_taps"], "degenerate": g["degenerate"],
+         **({"deformable": g["deformable"]} if "deformable" in g else {})}
         for name, g in geometry.items()
         if name.startswith("context.")
     ]  # fmt: skip
@@ -201,6 +275,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"backbone  {b['name']} ×{b['width']:g}, output stride {b['output_stride']} (measured {s['output_stride']}, "
         f"features {s['feature_size'][0]}×{s['feature_size'][1]}), multi-grid {tuple(b['multi_grid'])}, "
         f"cascade {b['cascade']}, first unit '{b['first_unit']}'"
+        + (f", deformable {b['deformable']}" if b.get("deformable") else "")
         + (f", HDC {', '.join(f'{k} {tuple(v)}' for k, v in b['hdc'].items())}" if b["hdc"] else "")
     )
     lines.append(f"  {'block':<8}{'stride':>7}  {'rates of the 3×3 convs':<40}gridding")
@@ -217,6 +292,10 @@ def format_summary(s: dict[str, Any]) -> str:
             grid += "; HDC rule ok" if rule["ok"] else f"; HDC rule fails on {_runs(failing[0])}"
         taps = [u["valid_taps"] for u in s["units"] if u["block"] == block and "valid_taps" in u]
         grid += f"; valid taps ≥ {min(taps):.2f}" if taps and max(stage_rates) > 1 else ""
+        deformable = [u["deformable"] for u in s["units"] if u["block"] == block and "deformable" in u]
+        if deformable:  # its holes and valid taps are those of the rigid grid (zero offsets: at initialisation)
+            mark = f"deformable {'/'.join(sorted(set(deformable)))}: {len(deformable)} of {len(stage_rates)} convs"
+            grid = mark if grid == "-" else f"{mark}; {grid} (rigid grid)"
         lines.append(f"  {block:<8}{strides[block]:>7}  {_runs(stage_rates):<40}{grid}")
     ctx = s["context"]
     if c["kind"] == "none":
@@ -225,17 +304,63 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"context   spp, bins {tuple(c['bins'])} (max-pooled), {c['channels']} channels, {ctx['branches']} branches"
         )
-    else:
-        name = {"aspp": "ASPP", "largefov": "LargeFOV"}[c["kind"]] + (f" [{c['preset']}]" if c["preset"] else "")
+    elif c["kind"] == "custom":
+        args = ", ".join(f"{k}={v!r}" for k, v in ctx["args"].items())
+        rates = (
+            f"rates {tuple(ctx['stated_rates'])} at OS {ctx['reference_output_stride']} → {tuple(ctx['rates'])} at OS "
+            f"{b['output_stride']}"
+            if ctx["stated_rates"]
+            else "no rates"
+        )
         lines.append(
-            f"context   {name}, {c['topology']}, merge {c['merge']}, rates {tuple(ctx['stated_rates'])} at OS "
-            f"{ctx['reference_output_stride']} → {tuple(ctx['rates'])} at OS {b['output_stride']}, image pooling "
-            f"{'on (norm ' + c['pooling_norm'] + ')' if c['image_pooling'] else 'off'}, "
-            f"{'separable' if c['separable'] else 'standard'} 3×3, {c['channels']} channels, {ctx['branches']} branches"
+            f"context   custom {ctx['target']}({args}), {rates}, {c['channels']} channels, {ctx['branches']} branches"
+            + ("" if ctx["declares_paths"] else "; field of view not declared (no paths()): counted as the backbone's")
+        )
+    elif c["kind"] == "nonlocal":
+        n = s["nonlocal"]
+        lines.append(
+            f"context   non-local block (embedded Gaussian, Wang et al. 2018) on the {n['in_channels']} features, "
+            f"θ/φ/g {n['channels']} channels, W + BN (γ = 0: identity at init), then 1×1 → {c['channels']} channels"
+        )
+    else:
+        name = {"aspp": "ASPP", "largefov": "LargeFOV", "aspp+nonlocal": "ASPP after a non-local block"}[c["kind"]]
+        name += f" [{c['preset']}]" if c["preset"] else ""
+        if "rate_sets" in ctx:
+            rates = (
+                f"multi-scale, {len(ctx['rate_sets'])} rate sets {_sets(ctx['stated_rate_sets'])} at OS "
+                f"{ctx['reference_output_stride']} → {_sets(ctx['rate_sets'])} at OS {b['output_stride']}, one shared"
+            )
+        else:
+            rates = (
+                f"rates {tuple(ctx['stated_rates'])} at OS {ctx['reference_output_stride']} → {tuple(ctx['rates'])} "
+                f"at OS {b['output_stride']},"
+            )
+        lines.append(
+            f"context   {name}, {c['topology']}, merge {c['merge']}, {rates} image pooling "
+            f"{'on (norm ' + c['pooling_norm'] + ')' if c['image_pooling'] else 'off'}, {_branch_convs(c, ctx)}, "
+            f"{c['channels']} channels, {ctx['branches']} branches"
+        )
+        if s["nonlocal"]:
+            n = s["nonlocal"]
+            lines.append(
+                f"          non-local block first (embedded Gaussian) on the {n['in_channels']} features, θ/φ/g "
+                f"{n['channels']} channels, identity at init"
+            )
+    if s["nonlocal"]:
+        n, size = s["nonlocal"], "×".join(map(str, s["input_size"]))
+        a, e, t = n["attention"], n["eval"], n["train_batch"]
+        lines.append(
+            f"          attention (h·w)² per image at {size}: {_attention_text(a)} (OS {b['output_stride']}); at eval "
+            f"OS {e['output_stride']}: {_attention_text(e)}; one training batch ({t['batch']} × {t['crop']}² crop): "
+            f"{_attention_text(t)}"
         )
     if s["context_geometry"]:
         side = "×".join(map(str, s["context_geometry"][0]["size"]))
-        shares = " / ".join(f"r{c['rate']} {c['valid_taps']:.2f}" for c in s["context_geometry"])
+        shares = " / ".join(
+            f"r{c['rate']} {c['valid_taps']:.2f}"
+            + (f" (deformable {c['deformable']}, rigid grid)" if "deformable" in c else "")
+            for c in s["context_geometry"]
+        )
         lines.append(f"          valid taps of the context's 3×3 convs on the {side} map: {shares}")
     degenerate = degenerate_convs(s)
     if degenerate:
@@ -246,11 +371,18 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"decoder   v3+, low-level {'+'.join(reversed(s['decoder']['levels']))} → {d['low_level_channels']} "
             f"channels, {d['convs']} × [3×3, {d['channels']}]{' separable' if d['separable'] else ''}"
+            + "".join(f"; {level} ×{factor} {_upsampling(mode)}" for level, factor, mode in s["decoder"]["upsampling"])
         )
     else:
         lines.append("decoder   off")
     extra = "3×3 conv + BN + ReLU, then " if h["style"] == "torchvision" else ""
-    lines.append(f"head      {extra}1×1 → {h['num_classes']} classes")
+    up = s["upsampling"]
+    upsampled = f"; logits ×{up['factor']} {_upsampling(up['mode'])} to the input's size"
+    if h["style"] == "custom":
+        args = ", ".join(f"{k}={v!r}" for k, v in h["args"].items())
+        lines.append(f"head      custom {h['target']}({args}) → {h['num_classes']} classes{upsampled}")
+    else:
+        lines.append(f"head      {extra}1×1 → {h['num_classes']} classes{upsampled}")
     if s.get("msc"):
         m = s["msc"]
         taps = ", ".join(f"{t} /{stride}" for t, stride in zip(m["taps"], m["strides"], strict=True))
@@ -260,9 +392,16 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     rf = s["receptive_field"]
     lines.append(
-        f"receptive field  backbone {rf['backbone']} px, with context {rf['context']} px, logits {rf['logits']} px"
-        + (" (+ a global branch: every logit sees the whole image)" if rf["global"] else "")
+        f"receptive field  backbone {_px(rf['backbone'])}, with context {_px(rf['context'])}, logits "
+        f"{_px(rf['logits'])}" + (" (+ a global branch: every logit sees the whole image)" if rf["global"] else "")
     )
+    if "rigid_grid" in rf:
+        r = rf["rigid_grid"]
+        lines.append(
+            f"                 {len(rf['deformable'])} deformable convs move their taps per input; the rigid grid "
+            f"(zero offsets, at initialisation): backbone {r['backbone']} px, context {r['context']} px, "
+            f"logits {r['logits']} px"
+        )
     out_holes = s["gridding_holes"]["output"]
     lines.append(f"output-grid gridding  {f'{len(out_holes)} holes {_short(out_holes)}' if out_holes else 'no holes'}")
     parts = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in s["params_by_part"].items() if v)
@@ -277,6 +416,50 @@ def format_summary(s: dict[str, Any]) -> str:
     line += f", scales {tuple(e['scales'])}, flip {'on' if e['flip'] else 'off'}"
     lines.append(line)
     return "\n".join(lines)
+
+
+def _upsampling(mode: str) -> str:
+    """``bilinear`` or FCN's learned upsampling, as ``describe`` prints it."""
+    if mode == "transposed":
+        return "learned (per-channel transposed conv, kernel 2×factor, bilinear init; FCN)"
+    return "bilinear"
+
+
+def _branch_convs(c: dict[str, Any], ctx: dict[str, Any]) -> str:
+    """What the 3×3 atrous branches are: separable, grouped, depthwise (groups = channels) or standard; deformable."""
+    groups = (ctx.get("groups") or [1])[0]
+    if c["separable"]:
+        text = "separable 3×3"
+    elif groups == c["channels"] and groups > 1:
+        text = f"depthwise 3×3 (groups {groups} = channels, no pointwise)"
+    elif groups > 1:
+        text = f"grouped 3×3 (groups {groups})"
+    else:
+        text = "standard 3×3"
+    if ctx.get("deformable"):
+        text += f", deformable {'/'.join(ctx['deformable'])}"
+    return text
+
+
+def _sets(rate_sets: list[list[int]]) -> str:
+    return " ".join(str(tuple(rates)) for rates in rate_sets)
+
+
+def _attention_text(a: dict[str, Any]) -> str:
+    """``6×6 map, 1,296 entries, 5.1 KiB``: the attention matrices of a non-local block (fp32)."""
+    return f"{a['map'][0]}×{a['map'][1]} map, {a['entries']:,} entries, {_bytes(a['bytes'])} fp32"
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _px(value: int | str) -> str:
+    """A receptive field in pixels, or the reason there is no one number (deformable convs)."""
+    return f"{value} px" if isinstance(value, int) else str(value)
 
 
 def _runs(rates: list[int]) -> str:

@@ -7,7 +7,8 @@ output stride other than training's (v3 Table 10).
 
 * :class:`ResNet`: ResNet-18/34/50/101 with torchvision's parameter names (``conv1``, ``layer1.0.conv2``, …), so
   ImageNet state dicts from torchvision, timm or smp load as they are, plus cascaded ``block5``..``block7``
-  (replicas of layer4, v3 §3.2) and a width multiplier.
+  (replicas of layer4, v3 §3.2) and a width multiplier. :meth:`ResNet.make_deformable` turns chosen 3×3 convs
+  into deformable ones (``backbone.deformable``; Dai et al. 2017, Zhu et al. 2019).
 * :class:`MobileNetV2`: segmentation-models-pytorch's MobileNetV2 encoder with its depthwise 3×3 convs
   re-planned the same way.
 """
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ablations.dilation import LAYOUTS, dilation_plan
+from ablations.model.deformable import DeformConv2d
 from ablations.model.layers import set_rate
 
 
@@ -45,6 +47,10 @@ class BasicBlock(nn.Module):
 
     def atrous_convs(self) -> list[nn.Conv2d]:
         return [self.conv1, self.conv2]
+
+    def make_deformable(self, version: str) -> None:
+        self.conv1 = DeformConv2d.from_conv(self.conv1, version)
+        self.conv2 = DeformConv2d.from_conv(self.conv2, version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -71,6 +77,9 @@ class Bottleneck(nn.Module):
 
     def atrous_convs(self) -> list[nn.Conv2d]:
         return [self.conv2]
+
+    def make_deformable(self, version: str) -> None:
+        self.conv2 = DeformConv2d.from_conv(self.conv2, version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -150,6 +159,8 @@ class _Planned(nn.Module):
                             "dilation": conv.dilation[0],
                         }
                     )
+                    if isinstance(conv, DeformConv2d):  # rigid rows keep their keys
+                        rows[-1]["deformable"] = conv.version
         return rows
 
 
@@ -213,6 +224,24 @@ class ResNet(_Planned):
     def stem_path(self) -> list[tuple[int, int, int]]:
         """(kernel, stride, dilation) of the stem's layers, for the receptive field."""
         return [(7, 2, 1), (3, 2, 1)]
+
+    def make_deformable(self, stages: Mapping[str, int | None], version: str) -> None:
+        """Turn the 3×3 convs of ``stages`` into deformable convs of ``version`` (``v1``: offsets, Dai et al.,
+        ICCV 2017; ``v2``: offsets and modulation, Zhu et al., CVPR 2019), in place: ``{stage: k}`` converts the
+        last ``k`` units of the stage (``None``: all of them), every 3×3 conv of a unit (a bottleneck's conv2, both
+        convs of a basic block). Each keeps its weights, stride and planned rate (deformable + atrous, as Dai et
+        al. use in res5), starts with zero offsets (and unit modulation), so the network computes what it did
+        before, and :meth:`set_output_stride` re-rates it like any conv. Call it after loading pretrained weights
+        or before: the names of the convs' weights do not change, and the offset predictors are left out of the
+        weights a state dict must hold."""
+        for stage, last in stages.items():
+            if stage not in self.stage_names:
+                raise ValueError(f"deformable stage {stage!r}: this encoder has {self.stage_names}")
+            units = list(getattr(self, stage))
+            if last is not None and not 1 <= last <= len(units):
+                raise ValueError(f"deformable {stage}[-{last}:]: the stage has {len(units)} units")
+            for unit in units[len(units) - (last or len(units)) :]:
+                unit.make_deformable(version)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, C, H/4, W/4)
@@ -361,7 +390,14 @@ def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str
         if not key.startswith(("fc.", "classifier.")):
             cleaned[key] = value
     own = module.state_dict()
-    missing = [k for k in own if k not in cleaned and not k.startswith(optional_prefixes)]
+    # A deformable conv's offset predictor is not in an ImageNet state dict; it starts at zero (rigid sampling).
+    offsets = {
+        f"{name}.offset.{param}"
+        for name, m in module.named_modules()
+        if isinstance(m, DeformConv2d)
+        for param in ("weight", "bias")
+    }
+    missing = [k for k in own if k not in cleaned and not k.startswith(optional_prefixes) and k not in offsets]
     unexpected = [k for k in cleaned if k not in own]
     wrong = [k for k in cleaned if k in own and cleaned[k].shape != own[k].shape]
     if missing or unexpected or wrong:

@@ -1,4 +1,8 @@
-"""The assembled network: backbone → context module → (decoder) → head → logits at the input's size."""
+"""The assembled network: backbone → context module → (decoder) → head → logits at the input's size.
+
+The logits reach the input's size by bilinear interpolation (DeepLab, v3 Table 8) or, with ``upsampler``, by
+FCN's learned transposed convolution (Long et al., CVPR 2015 §3.3; :mod:`ablations.model.upsampling`).
+"""
 
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ class DeepLab(nn.Module):
         head: a :class:`Head`, or ``None`` when the context module already produces logits (v2 sum merge).
         rates: the context module's rates as stated, and ``reference_output_stride``, the stride they are
             stated at; :meth:`set_output_stride` rescales them with :func:`ablations.dilation.scale_rates`.
+        upsampler: ``None`` (bilinear interpolation of the logits) or a
+            :class:`~ablations.model.upsampling.TransposedUpsampling` of the logits' stride (the output stride,
+            or 4 with the decoder); called as ``upsampler(logits, size)``.
     """
 
     def __init__(
@@ -54,6 +61,7 @@ class DeepLab(nn.Module):
         rates: Sequence[int] = (),
         reference_output_stride: int | None = None,
         msc: nn.Module | None = None,
+        upsampler: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -65,13 +73,26 @@ class DeepLab(nn.Module):
         self.msc = msc  # v1's MSc branches (ablations.model.msc): logits added to the head's
         if msc is not None:
             msc.set_strides(backbone.tap_strides(), backbone.output_stride)
+        self.upsampler = upsampler
+        # A learned upsampling is a conv of one stride: the head's (without the decoder; with it the logits are at
+        # stride 4 whatever the encoder's) and the decoder's follow the encoder's output stride and cannot change.
+        learned_head = upsampler is not None and decoder is None
+        learned_decoder = decoder is not None and len(getattr(decoder, "upsample", ())) > 0
+        self.fixed_output_stride = backbone.output_stride if learned_head or learned_decoder else None
 
     @property
     def output_stride(self) -> int:
         return self.backbone.output_stride
 
     def set_output_stride(self, output_stride: int) -> None:
-        """Re-plan backbone strides and rates and rescale the context rates; the weights stay as they are."""
+        """Re-plan backbone strides and rates and rescale the context rates; the weights stay as they are. A
+        learned (transposed) upsampling of the encoder's stride cannot follow: another stride is a ``ValueError``."""
+        if self.fixed_output_stride is not None and output_stride != self.fixed_output_stride:
+            raise ValueError(
+                f"output stride {output_stride}: this network's learned upsampling (head.upsample or "
+                f"decoder.upsample = transposed) is a stride-{self.fixed_output_stride} transposed conv; evaluate it "
+                f"at output stride {self.fixed_output_stride}"
+            )
         self.backbone.set_output_stride(output_stride)
         if self.stated_rates:
             self.context.set_rates(scale_rates(self.stated_rates, self.reference_output_stride, output_stride))
@@ -90,7 +111,7 @@ class DeepLab(nn.Module):
 
     def forward(self, x: torch.Tensor, *, upsample: bool = True) -> torch.Tensor:  # (B, 3, H, W) → (B, C, H, W)
         """Logits at the input's size; with ``upsample=False`` at the head's own stride (the output stride, or 4
-        with the decoder), for a loss on subsampled labels (v2)."""
+        with the decoder), for a loss on subsampled labels (v2), whatever the upsampling."""
         features = self.backbone(x)
         y = self.context(features["out"])  # (B, C, H/os, W/os)
         if self.decoder is not None:
@@ -101,5 +122,7 @@ class DeepLab(nn.Module):
             y = y + self.msc(features)
         if not upsample:
             return y
+        if self.upsampler is not None:  # FCN's learned ×stride transposed conv, centre-cropped to the input's size
+            return self.upsampler(y, x.shape[-2:])
         # Upsample logits rather than downsample labels (v3 Table 8: +1.2 mIoU); exact size for odd inputs too.
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -25,9 +25,19 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvNormAct(nn.Sequential):
-    """``k×k`` conv (dilated, 'same' padding) → norm → ReLU. Keys ``0``/``1`` mirror torchvision's ASPP."""
+    """``k×k`` conv (dilated, 'same' padding, optionally in ``groups``) → norm → ReLU. Keys ``0``/``1`` mirror
+    torchvision's ASPP."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *, dilation: int = 1, norm="batch"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        *,
+        dilation: int = 1,
+        norm="batch",
+        groups: int = 1,
+    ):
         super().__init__(
             nn.Conv2d(
                 in_channels,
@@ -35,6 +45,7 @@ class ConvNormAct(nn.Sequential):
                 kernel_size,
                 padding=same_padding(kernel_size, dilation),
                 dilation=dilation,
+                groups=groups,
                 bias=norm == "none",
             ),
             make_norm(norm, out_channels),
@@ -77,9 +88,16 @@ class SeparableConvNormAct(nn.Sequential):
         return self[0]
 
 
-def conv3x3(in_channels: int, out_channels: int, *, dilation: int = 1, separable: bool = False) -> nn.Sequential:
-    block = SeparableConvNormAct if separable else ConvNormAct
-    return block(in_channels, out_channels, 3, dilation=dilation)
+def conv3x3(
+    in_channels: int, out_channels: int, *, dilation: int = 1, separable: bool = False, groups: int = 1
+) -> nn.Sequential:
+    """A 3×3 conv → norm → ReLU: depthwise-separable (v3+ §3.2), grouped (``groups`` > 1: each of the ``groups``
+    groups of output channels reads its own ``in_channels / groups`` inputs, no pointwise conv after) or standard."""
+    if separable:
+        if groups != 1:
+            raise ValueError("a separable conv is depthwise + pointwise already; groups must be 1")
+        return SeparableConvNormAct(in_channels, out_channels, 3, dilation=dilation)
+    return ConvNormAct(in_channels, out_channels, 3, dilation=dilation, groups=groups)
 
 
 def same_padding(kernel: int, rate: int) -> int:

@@ -11,6 +11,13 @@ training and at the evaluation output stride: every module and every tap reads t
 weights they compute the same function (multi-grid (1,2,3) and (1,2,4) at 96², whose rates 6 and 8 on a 6×6 map
 are both 1×1 convs). A difference between such arms measures noise, not the studied choice. A study whose arms
 are all the same network cannot be answered at this crop; one where some are, only partly.
+
+Deformable convs (``backbone.deformable``, Dai et al. 2017) are studied convs wherever the arms differ in them, at
+any rate. Their valid-tap share and ``degenerate`` are those of the rigid sampling grid, i.e. of the network at
+initialisation (zero offsets); learned offsets move the taps. A tap that starts more than a pixel beyond the map (in
+the zero padding) gets no gradient for its offset through the bilinear sampling, so a deformable conv whose rate
+exceeds the map's side stays a 1×1 conv in practice (torchvision's deform_conv2d; at rate = side a few edge taps
+can move in).
 """
 
 from __future__ import annotations
@@ -47,7 +54,12 @@ class ArmGeometry:
         parts = []
         if self.studied:
             shares = [self.convs[n]["valid_taps"] for n in self.studied]
-            parts.append(f"studied convs' valid taps {min(shares):.2f}–{max(shares):.2f}")
+            rigid = (
+                " (rigid grid: deformable convs move their taps)"
+                if any("deformable" in self.convs[n] for n in self.studied)
+                else ""
+            )
+            parts.append(f"studied convs' valid taps {min(shares):.2f}–{max(shares):.2f}{rigid}")
             if self.degenerate and len(self.degenerate) == len(self.studied):
                 parts.append(f"all {len(self.studied)} degenerate (1×1)")
             elif self.degenerate:
@@ -138,7 +150,12 @@ def _side(g: dict[str, Any]) -> str:
 
 
 def _dilated(geometry: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {n: g for n, g in geometry.items() if g["kernel"] == 3 and (g["dilation"] > 1 or n.startswith("context."))}
+    """The dilated 3×3 convs, every context 3×3 conv and every deformable conv (at any rate)."""
+    return {
+        n: g
+        for n, g in geometry.items()
+        if g["kernel"] == 3 and (g["dilation"] > 1 or n.startswith("context.") or "deformable" in g)
+    }
 
 
 def arm_geometry(config, crop: int, arm: str = "") -> tuple[ArmGeometry, tuple]:
@@ -193,9 +210,13 @@ def study_geometry(study: Study, seed: int | None = None) -> StudyGeometry | Non
         config = study.resolve(arm, seed)
         crop = config.data.crop_size or config.data.image_size
         built[arm] = arm_geometry(config, crop, arm)
-    # A conv is studied where the arms differ in it: its rate, its input (serial ASPP), its map, or its presence.
+    # A conv is studied where the arms differ in it: its rate, its input (serial ASPP), its map, whether it is
+    # deformable (and which version), or its presence.
     keys = {
-        arm: {(n, g["dilation"], g["in_channels"], g["groups"], tuple(g["size"])) for n, g in geo.convs.items()}
+        arm: {
+            (n, g["dilation"], g["in_channels"], g["groups"], tuple(g["size"]), g.get("deformable"))
+            for n, g in geo.convs.items()
+        }
         for arm, (geo, _) in built.items()
     }
     baseline = study.baseline or study.arm_labels[0]

@@ -148,10 +148,11 @@ def trial_stats(config) -> dict[str, Any]:
 
     crop = config.data.crop_size or config.data.image_size
     summary = describe(config, (crop, crop))
+    field = summary["receptive_field"]["logits"]
     return {
         "params": summary["params"],
         "macs": summary["macs"],
-        "receptive_field": summary["receptive_field"]["logits"],
+        "receptive_field": field if isinstance(field, int) else None,  # None: data-dependent (deformable convs)
         "output_stride": summary["output_stride"],
     }
 

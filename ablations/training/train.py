@@ -179,6 +179,38 @@ def check_devices(t: TrainConfig) -> None:
         raise ConfigError(f"train.devices={t.devices}: allowed 1 … {available}, the {t.accelerator} devices here")
 
 
+def check_attention_memory(config: ExperimentConfig) -> None:
+    """Refuse, in one line and before any work, a non-local block (``context.kind=nonlocal|aspp+nonlocal``) whose
+    attention matrices alone — B·(h·w)² fp32 values for one training batch at the training crop (Wang et al. 2018,
+    :mod:`ablations.model.nonlocal_block`) — exceed the memory of the device the run trains on: the CUDA GPU's
+    total memory (``torch.cuda.get_device_properties``), else the machine's RAM (``os.sysconf``). The backward pass
+    keeps them too, so a run that passes may still run out; one that fails cannot run at all."""
+    c = config.context
+    if c.kind not in ("nonlocal", "aspp+nonlocal"):
+        return
+    from ablations.geometry.describe import feature_size
+    from ablations.model.nonlocal_block import attention_bytes
+
+    crop = config.data.crop_size or config.data.image_size
+    height, width = feature_size(config, (crop, crop))
+    batch = config.data.batch_size
+    need = attention_bytes(height, width, batch)
+    if config.train.uses_gpu():
+        index = torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        where = f"the GPU's memory ({torch.cuda.get_device_name(index)})"
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        where = "this machine's RAM"
+    if need > total:
+        raise ConfigError(
+            f"context.kind={c.kind!r}: the non-local attention matrices of one training batch need "
+            f"{need / 2**30:,.1f} GiB (data.batch_size={batch} × ({height}·{width})² fp32 at data.crop_size={crop}, "
+            f"output stride {config.backbone.output_stride}), more than the {total / 2**30:,.1f} GiB of {where}; "
+            "use a smaller crop or batch, or a larger backbone.output_stride"
+        )
+
+
 def lightning_deterministic(t: TrainConfig, gpu: bool) -> bool | str:
     """Lightning's ``deterministic=`` for ``train.deterministic`` resolved: deterministic algorithms, warning (not
     failing) at an op that has none (bilinear upsampling's backward on CUDA), or none of that."""
@@ -227,6 +259,7 @@ def train(
     started = time.perf_counter()
     check_writable_dir("out_dir", out_dir, ConfigError)  # before any work (the CLI checks --out the same way)
     check_devices(config.train)
+    check_attention_memory(config)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     data = SegmentationDataModule(config)
     data.setup("fit")  # checks the dataset now, before a logger, a Trainer or a step exists
