@@ -11,11 +11,14 @@ PROFILE ?= quick
 
 # Sweeps: one target per study file in sweeps/ (make sweep-multigrid, make sweep-output_stride, …).
 # PROFILE=paper DATA=voc DATA_ROOT=/data/voc STORAGE=postgresql://… WORKERS=4 SEEDS=0,1,2 ARGS="--set …"
+# On a SLURM cluster: SLURM=N submits N workers as a job array (STORAGE=postgresql://… needed), e.g.
+# make sweep-multigrid SLURM=8 STORAGE=postgresql+psycopg2://me@db/sweeps ARGS="--partition gpu --gpus-per-worker 1
+# --wait" (docs/cluster.md).
 STUDIES := $(basename $(notdir $(wildcard sweeps/*.yaml)))
 SWEEP_FLAGS = $(if $(filter command line environment,$(origin PROFILE)),--profile $(PROFILE)) \
 	$(if $(DATA),--set data.name=$(DATA)) $(if $(DATA_ROOT),--set data.root=$(DATA_ROOT)) \
 	$(if $(STORAGE),--storage $(STORAGE)) $(if $(WORKERS),--workers $(WORKERS)) \
-	$(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
+	$(if $(SLURM),--slurm $(SLURM)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 # Offline GPU nodes (README). WHEELS=DIR installs from that folder of wheels alone (pip --no-index --find-links DIR).
 # SYSTEM_TORCH=1 builds the venv on $(PYTHON)'s own torch and torchvision (--system-site-packages), pinned to the
@@ -73,11 +76,12 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not e2e and not postgres and not reliability"
 
 # The fault suite alone (kill -9 and Ctrl-C mid-trial, concurrent workers, NaN/OOM, edited studies, a deleted
-# storage, a full disk, bad checkpoints, secrets); each test writes its row of reports/reliability.md.
+# storage, a full disk, bad checkpoints, secrets, and on a local SLURM controller (tests/slurm) job arrays,
+# preemption and requeue); each test writes its row of reports/reliability.md.
 RELIABILITY_ROWS := .reliability-rows.jsonl
 reliability: $(STAMP)
 	rm -f $(RELIABILITY_ROWS)
-	ABLATIONS_RELIABILITY_ROWS=$(abspath $(RELIABILITY_ROWS)) $(BIN)/pytest -q -m reliability tests/reliability; \
+	ABLATIONS_RELIABILITY_ROWS=$(abspath $(RELIABILITY_ROWS)) $(BIN)/pytest -q -m reliability tests/reliability tests/slurm; \
 	status=$$?; $(BIN)/python -m tests.reliability.render $(RELIABILITY_ROWS) reports/reliability.md; \
 	rm -f $(RELIABILITY_ROWS); exit $$status
 

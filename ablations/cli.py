@@ -112,6 +112,25 @@ def _parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="refuse to run when the crop makes a studied conv degenerate"
     )
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
+    cluster = sweep.add_argument_group("SLURM (docs/cluster.md); the flags override the study's slurm: block")
+    cluster.add_argument(
+        "--slurm",
+        type=_count,
+        metavar="N",
+        help="submit N workers as a SLURM job array (needs --storage postgresql://…)",
+    )
+    cluster.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    cluster.add_argument("--gpus-per-worker", type=_count, metavar="G", help="--gpus-per-task of each worker (0)")
+    cluster.add_argument("--cpus-per-worker", type=_count, metavar="C", help="--cpus-per-task of each worker")
+    cluster.add_argument("--time", dest="time_limit", metavar="T", help="time limit: minutes or [D-]HH:MM:SS (240)")
+    cluster.add_argument("--account", help="SLURM account to charge")
+    cluster.add_argument(
+        "--sbatch", action="append", default=[], metavar="OPTION", help="extra sbatch option, e.g. --sbatch=--qos=high"
+    )
+    cluster.add_argument("--max-preemptions", type=_count, metavar="K", help="preemptions of a trial before it is "
+                         "recorded as failed (default 3)")  # fmt: skip
+    cluster.add_argument("--wait", action="store_true", help="with --slurm: follow the jobs, then print the table")
+    cluster.add_argument("--status", action="store_true", help="print the study's progress from its storage")
     check = commands.add_parser(
         "gpu-check", help="every missing GPU figure within a time budget: bench vs peers, a faithful trial, the sweep"
     )
@@ -135,6 +154,43 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--bench", action="store_true", help="re-measure every arm's speed, interleaved, here")
     report.add_argument("--no-wandb", action="store_true", help="do not log the W&B report runs")
     return parser
+
+
+def _count(text: str) -> int:
+    """An integer ≥ 0 (the range is checked where the flag is used, so that ``--slurm 0`` gets its own line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 … {INT_MAX}")
+    return value
+
+
+_CLUSTER_FLAGS = ("partition", "gpus_per_worker", "cpus_per_worker", "time_limit", "account", "max_preemptions")
+
+
+def _sweep_mode_error(args: argparse.Namespace) -> str | None:
+    """The combinations of --slurm, --status, --wait and the cluster options that make no sense, as one line."""
+    given = [f"--{k.replace('_limit', '').replace('_', '-')}" for k in _CLUSTER_FLAGS if getattr(args, k) is not None]
+    given += ["--sbatch"] if args.sbatch else []
+    if args.status:
+        clash = [f for f, on in (("--slurm", args.slurm is not None), ("--wait", args.wait),
+                                 ("--table-only", args.table_only), ("--worker", args.worker)) if on]  # fmt: skip
+        if clash or given:
+            return f"--status only reads the storage; drop {', '.join(clash + given)}"
+        return None
+    if args.slurm is None:
+        if args.wait or given:
+            return f"{', '.join((['--wait'] if args.wait else []) + given)}: only with --slurm N"
+        return None
+    if args.slurm < 1:
+        return f"--slurm {args.slurm}: the number of workers (array tasks) must be at least 1"
+    clash = [f for f, on in (("--workers", args.workers != 1), ("--worker", args.worker),
+                             ("--table-only", args.table_only)) if on]  # fmt: skip
+    if clash:
+        return f"--slurm N runs its workers as SLURM jobs; drop {', '.join(clash)} (--workers is for one machine)"
+    return None
 
 
 def _int_list(text: str, *, minimum: int, maximum: int, distinct: bool, example: str) -> list[int]:
@@ -319,11 +375,17 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     from ablations.sweep.run import SweepRequest, run_sweep
     from ablations.sweep.study import StudyError
 
+    mode_error = _sweep_mode_error(args)
+    if mode_error:
+        return _error(mode_error)
+    slurm = None
+    if args.slurm is not None:
+        slurm = {k: getattr(args, k) for k in _CLUSTER_FLAGS} | {"workers": args.slurm, "sbatch": args.sbatch}
     request = SweepRequest(
         args.study, profile=args.profile, sets=args.overrides, seeds=args.seeds, budget=args.budget,
         study_name=args.study_name, out=args.out, storage=args.storage, workers=args.workers, worker=args.worker,
         retry_failed=args.retry_failed, max_trials=args.max_trials, table_only=args.table_only, strict=args.strict,
-        argv=argv,
+        argv=argv, slurm=slurm, wait=args.wait, status=args.status,
     )  # fmt: skip
     try:
         outcome = run_sweep(request, printer=lambda line: print(line, flush=True))
@@ -332,7 +394,10 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C inside a fit into SystemExit(1)
         print("\nablations: interrupted; run the same command again to continue the study", file=sys.stderr)
         return 130
-    if outcome.status:
+    if slurm is not None or args.status:  # submitted (and followed, with --wait), or the status printed
+        if outcome.table is None:
+            return outcome.status
+    elif outcome.status:
         print(f"ablations: a worker exited with status {outcome.status}", file=sys.stderr)
     if outcome.table is None:  # a worker: its parent prints the table
         return 0
@@ -349,7 +414,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         f"{redact(outcome.url)}"
     )
     print(sweep_report(outcome.study, outcome.name, outcome.url, outcome.out_dir))
-    return 0
+    return 1 if slurm is not None and outcome.status else 0  # --wait: the workers ended with trials left
 
 
 def _gpu_check(args: argparse.Namespace) -> int:

@@ -115,7 +115,8 @@ TRIAL_COLUMNS = (TRIAL, STATE, ARM, SEED, FAILURE, DURATION_S)
 REQUIRED_COLUMNS = (*TRIAL_COLUMNS, MIOU)
 
 # Failure kinds a sweep records. These stand as results (never re-run unless asked); the others are re-run.
-FINISHED_FAILURES = ("diverged", "out_of_memory", "error")
+# "preempted": a trial a SLURM worker was stopped in more often than max_preemptions (ablations.sweep.slurm).
+FINISHED_FAILURES = ("diverged", "out_of_memory", "error", "preempted")
 RETRIED_FAILURES = ("interrupted", "bad_input", "disk_full")
 
 # Trial states as Optuna names them.

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ablations.ioutil import check_name, check_writable_dir, redact
 from ablations.sweep.board import open_study, settle
 from ablations.sweep.placement import STARTED_ENV
 from ablations.sweep.storage import check_storage_reachable, default_out_dir, open_storage, storage_url
-from ablations.sweep.study import Study, StudyError, load_study
+from ablations.sweep.study import AUTO, Study, StudyError, load_study
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class SweepRequest:
     table_only: bool = False
     strict: bool = False
     argv: Sequence[str] = field(default=())  # the command's arguments, to start workers with
+    # --slurm N and its options (ablations.sweep.slurm.options' keywords: workers, partition, …), or None
+    slurm: Mapping[str, Any] | None = None
+    wait: bool = False  # with --slurm: follow the jobs to the end and print the table
+    status: bool = False  # report the study's progress from its storage, run nothing
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,16 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
     study = load_study(
         request.study_file, profile=request.profile, sets=request.sets, seeds=request.seeds, budget=request.budget
     )
+    if request.slurm is not None and study.requested_profile == AUTO:
+        # auto means "what the workers' nodes have", not this login node: a GPU per worker → faithful
+        gpus = request.slurm.get("gpus_per_worker")
+        gpus = gpus if gpus is not None else (study.slurm or {}).get("gpus_per_worker", 0)
+        study = load_study(
+            request.study_file, profile="faithful" if gpus else "quick", sets=request.sets, seeds=request.seeds,
+            budget=request.budget,
+        )  # fmt: skip
     warnings: list[str] = []
-    if not request.worker and not request.table_only:
+    if not request.worker and not request.table_only and not request.status:
         from ablations.sweep.geometry import startup_warnings
 
         warnings = startup_warnings(study)  # before anything is created, so --strict leaves nothing behind
@@ -78,9 +91,18 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
     inherited = os.environ.get(STARTED_ENV) if request.worker else None
     started = float(inherited) if inherited else time.time()
     retry = started if request.retry_failed else None
+    if request.status:
+        return _status(study, name, out_dir, request.storage, printer)
+    if request.slurm is not None:
+        from ablations.sweep import slurm
+
+        opts = slurm.options(study.slurm, **request.slurm)  # bad values first, then the storage, then sbatch
+        slurm.check_cluster(request.storage)
     url = storage_url(out_dir, request.storage)
     check_storage_reachable(url)
     board = open_study(study, open_storage(url), name)
+    if request.slurm is not None:
+        return _submit(request, study, board, name, url, out_dir, opts, started, retry, warnings, printer)
     if request.table_only:
         return SweepOutcome(study, name, url, out_dir, sweep.write_outputs(study, board.study, out_dir, name))
     if not request.worker:
@@ -106,6 +128,65 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
         return SweepOutcome(study, name, url, out_dir, None)
     table = sweep.write_outputs(study, board.study, out_dir, name)
     return SweepOutcome(study, name, url, out_dir, table, status)
+
+
+def _status(study: Study, name: str, out_dir: Path, storage: str | None, printer) -> SweepOutcome:
+    """``--status``: the study's progress from its storage alone (it creates, claims and reaps nothing)."""
+    from ablations.sweep import slurm
+    from ablations.sweep.storage import SweepError
+
+    if storage is None:
+        path = out_dir / "optuna.db"
+        if not path.is_file():
+            raise SweepError(f"--status: no storage at {path}: give the sweep's --storage (or --out)")
+        storage = f"sqlite:///{path.resolve()}"
+    check_storage_reachable(storage)
+    board = slurm.open_existing(open_storage(storage), name)
+    for line in slurm.status_lines(study, board):
+        printer(line)
+    return SweepOutcome(study, name, storage, out_dir, None)
+
+
+def _submit(request, study, board, name, url, out_dir, opts, started, retry, warnings, printer) -> SweepOutcome:
+    """``--slurm N``: queue the study, submit N workers as one job array, print the job ids; with ``--wait`` follow
+    them and return the table (``status`` 1 when the workers ended with trials left)."""
+    from ablations.sweep import slurm
+    from ablations.sweep.summary import write_outputs
+
+    for line in warnings:
+        printer(line)
+    printer(_start_line(study, name, url, out_dir))
+    settle(study, board, retry_failed=retry)  # the grid queued once before the workers (each does it per claim)
+    folder = (out_dir / "slurm").resolve()
+    shown, secret = slurm.write_secret(url, folder)
+    override = any(str(s).partition("=")[0].strip() == "data.num_workers" for s in study.sets)
+    spec = slurm.WorkerSpec(
+        study_file=str(Path(request.study_file).resolve()), profile=study.profile, sets=tuple(request.sets),
+        seeds=tuple(request.seeds) if request.seeds is not None else None, budget=request.budget,
+        study_name=request.study_name, out=str(out_dir.resolve()), storage=shown, storage_file=secret,
+        started=started, retry_failed=request.retry_failed, max_trials=request.max_trials,
+        max_preemptions=opts.max_preemptions, loader_override=override,
+    )  # fmt: skip
+    jobs = slurm.submit(spec, opts, folder, job_name=f"ablations-{name}")
+    ids = [str(j.job_id) for j in jobs]
+    job = slurm.array_id(ids)
+    listed = ", ".join(ids) if len(ids) <= 8 else f"{ids[0]} … {ids[-1]}"
+    printer(f"[{name}] submitted job {job}: {len(ids)} worker(s) ({listed}) · {slurm.describe(opts)}")
+    printer(f"[{name}] logs in {folder}/; progress: ablations sweep {request.study_file} --status (with the same "
+            f"--storage), squeue -j {job}; stop: scancel {job}")  # fmt: skip
+    for record in slurm.job_records(job):  # a request SLURM will never start is said at once
+        refusal = slurm.cannot_start(record)
+        if refusal:
+            printer(f"[{name}] {refusal}")
+            break
+    if not request.wait:
+        return SweepOutcome(study, name, url, out_dir, None)
+    try:
+        status = slurm.follow(study, board, job, workers=opts.workers, retry_failed=retry, printer=printer)
+    except KeyboardInterrupt:
+        printer(f"\n[{name}] stopped following; the jobs go on: --status or squeue -j {job}; scancel {job} stops them")
+        return SweepOutcome(study, name, url, out_dir, None, 130)
+    return SweepOutcome(study, name, url, out_dir, write_outputs(study, board.study, out_dir, name), status)
 
 
 def _start_line(study: Study, name: str, url: str, out_dir: Path) -> str:

@@ -43,6 +43,7 @@ STUDY_KEYS = {
     "pruner",
     "baseline",
     "min_effect",
+    "slurm",  # how --slurm N submits the workers (ablations.sweep.slurm.check_block); not part of the fingerprint
 }
 DEFAULT_MIN_EFFECT = 0.01  # one mIoU point: the smallest difference a report calls better or worse
 
@@ -123,6 +124,7 @@ class Study:
     requested_profile: str | None = None  # as the file or command line says it ("auto" → ``profile``)
     baseline: str | None = None  # the arm every other arm is compared with (default: the first)
     min_effect: float = DEFAULT_MIN_EFFECT  # smallest |Δ| of the first objective worth calling better or worse
+    slurm: Mapping[str, Any] | None = None  # the slurm: block, checked (partition, gpus_per_worker, time, …)
 
     @property
     def is_grid(self) -> bool:
@@ -340,6 +342,11 @@ def parse_study(
         or min_effect <= 0
     ):
         raise fail("min_effect", min_effect, "a finite number > 0 (in the first objective's units, e.g. 0.01 mIoU)")
+    slurm = raw.get("slurm")
+    if slurm is not None:
+        from ablations.sweep.slurm import check_block
+
+        slurm = check_block(slurm, where)
 
     study = Study(
         name=name,
@@ -360,6 +367,7 @@ def parse_study(
         requested_profile=requested,
         baseline=baseline,
         min_effect=float(min_effect),
+        slurm=slurm,
     )
     _check_configs(study, where)
     return study

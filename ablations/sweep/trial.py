@@ -9,6 +9,7 @@ import errno
 import functools
 import json
 import math
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from ablations.config import SEED_MAX
 from ablations.results import names
 from ablations.results.frames import failure_kind
 from ablations.results.jsonable import json_safe
+from ablations.sweep import slurm
 from ablations.sweep.board import Board, key_of, mark_failed, same_point, worker_identity
 from ablations.sweep.progress import Progress
 from ablations.sweep.storage import HEARTBEAT_S, SweepError
@@ -239,6 +241,7 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     resumed = f" (resuming in {run_dir.name})" if previous else ""
     progress.line(f"trial {trial.number}: {study.axis or 'params'} = {label}, seed {seed} …{resumed}")
     callbacks = [_validation_callback(board, trial, study)]  # learning curves for every study; pruning with a pruner
+    callbacks += slurm.preemption_callbacks(config)  # a SLURM worker: a signal checkpoints and stops the trial
     started = time.time()
     trained = False
     try:
@@ -269,6 +272,13 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
         board.study.tell(trial, state=TrialState.PRUNED)
         progress.line(f"trial {trial.number} {label} seed {seed}: pruned ({pruned})")
         return "PRUNED"
+    except slurm.Preempted as stop:  # checkpointed at a step boundary: queued again at once, or past the limit
+        kind, count, limit = slurm.record_preemption(board, trial.number, stop)
+        progress.line(
+            f"trial {trial.number} {label} seed {seed}: {stop} ({count} of at most {limit}); "
+            + ("queued again, the next claim resumes it" if kind == "interrupted" else "recorded as failed (preempted)")
+        )
+        raise
     except (KeyboardInterrupt, SystemExit):
         mark_failed(board, trial.number, "interrupted", "interrupted by the user (Ctrl-C) or a signal")
         progress.line(f"trial {trial.number} {label} seed {seed}: interrupted; the next run of this sweep resumes it")
@@ -336,9 +346,16 @@ def train_in_subprocess(config, run_dir: Path, *, name: str, group: str, wandb_e
         *(sys.executable, "-m", "ablations.cli", "train", "--config", str(config_file), "--out", str(run_dir)),
         *("--wandb-name", name, "--wandb-group", group, "--wandb-extra", json.dumps(json_safe(wandb_extra))),
     ]
+    # In a SLURM worker the ranks are srun's tasks in the worker's allocation (ablations.sweep.slurm.rank_command).
+    ranks = slurm.rank_command(config, config_file, run_dir, name=name, group=group, extra=wandb_extra)
     log = run_dir / "train.log"
     with log.open("w") as out:
-        status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        if ranks is None:
+            status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        else:
+            status = slurm.run_forwarding(ranks, out, slurm.rank_environment())
+    if ranks is not None and status != 0 and (status == slurm.PREEMPTED_EXIT or slurm.received() is not None):
+        raise slurm.Preempted(slurm.received() or signal.SIGTERM)
     if status != 0 or not (run_dir / "metrics.json").is_file():
         tail = log.read_text(errors="replace")[-2000:].strip()
         message = f"training process exited with status {status}: {tail.splitlines()[-1] if tail else ''}"

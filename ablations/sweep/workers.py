@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from ablations.sweep import slurm
 from ablations.sweep.board import Board, claim, counts, mark_failed, settle
 from ablations.sweep.placement import Placement, from_env, placement, start_line, visible_devices, worker_env
 from ablations.sweep.progress import Progress, quiet_libraries
@@ -83,6 +84,8 @@ def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, 
     ran = 0
     placed = from_env()
     while max_trials is None or ran < max_trials:
+        if slurm.received() is not None:  # a SLURM worker told to stop (preempted, cancelled): no new claim
+            return ran
         board.check_storage()
         reaped = settle(study, board, retry_failed=retry_failed)
         if reaped:
