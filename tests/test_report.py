@@ -300,3 +300,18 @@ def test_a_crf_study_page_pairs_after_with_before_on_the_same_trials(tmp_path):
     index = (tmp_path / "README.md").read_text()
     assert "[crf](crf.md)" in index and "[lr_policy](lr_policy.md)" in index
     assert not (tmp_path / "lr_policy.md").exists()  # listed from its data, not rewritten
+
+
+def test_a_started_study_without_a_complete_trial_is_left_out_not_fatal(project, capsys):
+    """A second study whose sweep stopped in its first trial: the others are reported, it is listed as not run."""
+    (project / "sweeps" / "other.yaml").write_text(TOY.replace("name: toy", "name: other"))
+    url = f"sqlite:///{project / 'runs/sweeps/other/optuna.db'}"
+    (project / "runs" / "sweeps" / "other").mkdir()
+    study = optuna.create_study(study_name="other", storage=url, direction="maximize")
+    add_trial(study, ARMS[0], 0, state="FAIL", failure="interrupted")
+    assert main(["report", "--no-wandb"]) == 0
+    out = capsys.readouterr().out
+    assert "study 'other': no complete trial to report (trials by state: {'FAIL': 1}); left out" in out
+    index = (project / "reports" / "README.md").read_text()
+    assert "[toy](toy.md)" in index and "| `other`" in index and not (project / "reports" / "other.md").exists()
+    assert main(["report", "--no-wandb", "--study", "other"]) == 2  # named, it must have a result

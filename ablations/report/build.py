@@ -65,9 +65,15 @@ def find_storages(runs: Path) -> dict[str, str]:
 
 
 def load_inputs(
-    study_files: Sequence[Path], data_dir: Path, refreshed: dict[str, pd.DataFrame], profiles: dict[str, str | None]
+    study_files: Sequence[Path],
+    data_dir: Path,
+    refreshed: dict[str, pd.DataFrame],
+    profiles: dict[str, str | None],
+    skipped: list[str] | None = None,
 ) -> list[tuple[Study, pd.DataFrame]]:
-    """Each study with its trial frame: the refreshed one, else the CSV in ``data_dir``."""
+    """Each study with its trial frame: the refreshed one, else the CSV in ``data_dir``. With ``skipped`` (a list),
+    a study whose trials hold no complete one yet (a sweep just started, or stopped in its first trial) is left
+    out and its reason appended there, instead of failing the whole report."""
     out = []
     for path in study_files:
         # The profile the data was recorded with, not what `auto` would pick on this machine.
@@ -87,7 +93,11 @@ def load_inputs(
             raise ResultsError(f"study {study.name!r}: no trials in its data")
         if not (df[names.STATE] == names.COMPLETE).any():
             states = df[names.STATE].value_counts().to_dict()
-            raise ResultsError(f"study {study.name!r}: no complete trial to report (trials by state: {states})")
+            reason = f"study {study.name!r}: no complete trial to report (trials by state: {states})"
+            if skipped is None:
+                raise ResultsError(reason)
+            skipped.append(reason)
+            continue
         out.append((study, df))
     return out
 
@@ -622,7 +632,13 @@ def generate(
             sources[name] = redact(storage)
             profiles[name] = recorded_profile(storage, name)
     wanted = [files[n] for n in (study_names or files)]
-    inputs = load_inputs(wanted, data_dir, refreshed, profiles)
+    skipped: list[str] = []
+    # A study named with --study must have a complete trial; the others without one are left out, and said so.
+    inputs = load_inputs(wanted, data_dir, refreshed, profiles, None if study_names else skipped)
+    if skipped and not inputs:
+        raise ResultsError(skipped[0])
+    for reason in skipped:
+        printer(f"{reason}; left out (it is listed with the studies not run yet)")
     if not inputs:
         raise ResultsError(f"no study has data: no {data_dir}/<study>.csv and no storage given or found")
     papers = load_papers(papers_file) if papers_file.is_file() else []
@@ -661,7 +677,7 @@ def generate(
         indexed = {r.name: r for r in reports}
         if study_names:
             others = [files[n] for n in files if n not in indexed]
-            for study, df in load_inputs(others, data_dir, {}, {}):
+            for study, df in load_inputs(others, data_dir, {}, {}, []):
                 speed_path = data_dir / f"{study.name}.speed.csv"
                 speed = read_csv(speed_path, (names.ARM,)) if speed_path.is_file() else None
                 meta = _read_meta(data_dir / f"{study.name}.meta.json")
