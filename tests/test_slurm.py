@@ -194,6 +194,12 @@ def test_slurm_records_give_the_task_its_reason_and_its_log(tmp_path):
         "partition's MaxTime)"
     )
     assert slurm.cannot_start({**pending, "Reason": "Resources"}) is None  # it will start when a node frees up
+    # A partition's AllowQos: SLURM's sentence (spaces as underscores in scontrol's record) instead of a code.
+    qos = {**pending, "Reason": "Job's_QOS_not_permitted_to_use_this_partition_(gpu_allows_normal_not_high)"}
+    assert slurm.cannot_start(qos) == (
+        "job 12_[0-3] cannot start: SLURM gives the reason \"Job's QOS not permitted to use this partition (gpu allows "
+        'normal not high)" (the QOS may not use this partition)'
+    )
     failed = {"JobId": "14", "ArrayJobId": "12", "ArrayTaskId": "1", "JobState": "FAILED", "ExitCode": "1:0",
               "Reason": "NonZeroExitCode", "StdErr": str(log)}  # fmt: skip
     assert slurm.ended_line(failed) == (

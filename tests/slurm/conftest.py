@@ -113,6 +113,7 @@ KillWait=10
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 PartitionName=short Nodes={node} MaxTime=1 State=UP
+PartitionName=lab Nodes={node} MaxTime=INFINITE AllowAccounts=lab State=UP
 """
 
 

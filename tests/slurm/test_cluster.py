@@ -167,6 +167,17 @@ def test_jobs_slurm_refuses_or_will_not_start_are_reported_with_slurms_reason(wo
     assert refused.returncode == 2 and len(err) == 1, refused.stderr
     assert "sbatch refused the job array" in err[0] and "Invalid partition name specified" in err[0]
     assert not slurm.run("squeue", "-h").stdout.strip()  # nothing submitted
+    # An account the partition does not allow (AllowAccounts=lab; with no accounting database SLURM accepts the job
+    # and keeps it pending with a sentence for its reason instead of a code).
+    wrong = sweep(str(path), "--storage", postgres, "--slurm", "1", "--partition", "lab", "--account", "nope", "--wait")
+    wrong_job = job_of(wrong.stdout)
+    try:
+        account = wrong.stderr.strip().splitlines()
+        assert wrong.returncode == 2 and len(account) == 1, wrong.stderr
+        assert f"job {wrong_job} cannot start: SLURM gives the reason \"Job's account not known" in account[0]
+        assert '(lab allows lab)" (the account may not use this partition)' in account[0], account[0]
+    finally:
+        slurm.run("scancel", wrong_job)
     # Accepted, but the partition's MaxTime (1 min) is under the time asked for: SLURM leaves it pending.
     pending = sweep(str(path), "--storage", postgres, "--slurm", "1", "--partition", "short", "--time", "10", "--wait")
     job = job_of(pending.stdout)
@@ -178,8 +189,10 @@ def test_jobs_slurm_refuses_or_will_not_start_are_reported_with_slurms_reason(wo
     finally:
         slurm.run("scancel", job)
     row(
-        fault="a partition SLURM does not know; a time limit over the partition's MaxTime",
+        fault="a partition SLURM does not know; an account the partition does not allow; a time limit over the "
+        "partition's MaxTime",
         happened=f"exit 2, one line each: {refused.stderr.strip().removeprefix('ablations: error: ')} / "
+        f"{account[0].removeprefix('ablations: error: ')} / "
         f"{err[0].removeprefix('ablations: error: ')}",
-        kept="nothing submitted for the first; the second left pending as SLURM keeps it (then cancelled)",
+        kept="nothing submitted for the first; the others left pending as SLURM keeps them (then cancelled)",
     )
