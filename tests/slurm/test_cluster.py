@@ -160,6 +160,23 @@ def test_the_ranks_of_a_multi_device_trial_are_started_by_srun(workdir, postgres
     )
 
 
+def held(slurm, path: Path, storage: str, *options: str, expect: tuple[str, str] | None = None) -> str:
+    """Submit one worker that SLURM accepts but will not start, --wait: exit 2 with one line (returned without its
+    prefix and up to the advice), the job still queued (then cancelled)."""
+    waited = sweep(str(path), "--storage", storage, "--slurm", "1", *options, "--wait")
+    job = job_of(waited.stdout)
+    try:
+        err = waited.stderr.strip().splitlines()
+        assert waited.returncode == 2 and len(err) == 1, waited.stderr
+        assert err[0].startswith(f"ablations: error: job {job} cannot start: "), err[0]
+        if expect is not None:
+            assert slurm.squeue(job) == [(job, *expect)]
+        line = err[0].removeprefix("ablations: error: ")
+        return line.split("; it stays queued", 1)[0]
+    finally:
+        slurm.run("scancel", job)
+
+
 def test_jobs_slurm_refuses_or_will_not_start_are_reported_with_slurms_reason(workdir, postgres, slurm, row):
     path = write_study(workdir, fixed=FAST)
     refused = sweep(str(path), "--storage", postgres, "--slurm", "2", "--partition", "nope")
@@ -169,30 +186,18 @@ def test_jobs_slurm_refuses_or_will_not_start_are_reported_with_slurms_reason(wo
     assert not slurm.run("squeue", "-h").stdout.strip()  # nothing submitted
     # An account the partition does not allow (AllowAccounts=lab; with no accounting database SLURM accepts the job
     # and keeps it pending with a sentence for its reason instead of a code).
-    wrong = sweep(str(path), "--storage", postgres, "--slurm", "1", "--partition", "lab", "--account", "nope", "--wait")
-    wrong_job = job_of(wrong.stdout)
-    try:
-        account = wrong.stderr.strip().splitlines()
-        assert wrong.returncode == 2 and len(account) == 1, wrong.stderr
-        assert f"job {wrong_job} cannot start: SLURM gives the reason \"Job's account not known" in account[0]
-        assert '(lab allows lab)" (the account may not use this partition)' in account[0], account[0]
-    finally:
-        slurm.run("scancel", wrong_job)
+    account = held(slurm, path, postgres, "--partition", "lab", "--account", "nope")
+    assert "SLURM gives the reason \"Job's account not known" in account, account
+    assert account.endswith('(lab allows lab)" (the account may not use this partition)'), account
     # Accepted, but the partition's MaxTime (1 min) is under the time asked for: SLURM leaves it pending.
-    pending = sweep(str(path), "--storage", postgres, "--slurm", "1", "--partition", "short", "--time", "10", "--wait")
-    job = job_of(pending.stdout)
-    try:
-        err = pending.stderr.strip().splitlines()
-        assert pending.returncode == 2 and len(err) == 1, pending.stderr
-        assert f"job {job} cannot start: SLURM gives the reason PartitionTimeLimit" in err[0]
-        assert slurm.squeue(job) == [(job, "PENDING", "PartitionTimeLimit")]
-    finally:
-        slurm.run("scancel", job)
+    limit = held(
+        slurm, path, postgres, "--partition", "short", "--time", "10", expect=("PENDING", "PartitionTimeLimit")
+    )
+    assert "SLURM gives the reason PartitionTimeLimit" in limit, limit
     row(
         fault="a partition SLURM does not know; an account the partition does not allow; a time limit over the "
         "partition's MaxTime",
         happened=f"exit 2, one line each: {refused.stderr.strip().removeprefix('ablations: error: ')} / "
-        f"{account[0].removeprefix('ablations: error: ')} / "
-        f"{err[0].removeprefix('ablations: error: ')}",
+        f"{account} / {limit}",
         kept="nothing submitted for the first; the others left pending as SLURM keeps them (then cancelled)",
     )
