@@ -61,4 +61,7 @@ def quiet_libraries() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # On a host with SLURM's client installed Lightning advises prefixing the command with srun in every trial; a sweep
+    # goes to SLURM through --slurm, whose workers start multi-device trials with srun themselves.
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     os.environ.setdefault("WANDB_SILENT", "true")
