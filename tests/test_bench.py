@@ -146,9 +146,11 @@ def test_real_timing_is_of_the_work_done():
         time.sleep(seconds)
 
     timing = bench.time_steps(
-        step, [0.02, 0.04], device=torch.device("cpu"), images_per_step=1, warmup=1, iters=4, repeats=1
+        step, [0.05, 0.15], device=torch.device("cpu"), images_per_step=1, warmup=1, iters=4, repeats=1
     )
-    assert sorted(round(t, 2) for t in timing["step_times_s"]) == pytest.approx([0.02, 0.02, 0.04, 0.04], abs=0.01)
+    # A sleep never ends early and, even on a loaded host, rarely overshoots by more than a few tens of ms.
+    times = sorted(timing["step_times_s"])
+    assert all(0.05 <= t < 0.12 for t in times[:2]) and all(0.15 <= t < 0.22 for t in times[2:]), times
 
 
 def test_peak_memory_sees_a_large_temporary_allocation():

@@ -344,6 +344,36 @@ def states(out_dir: Path) -> collections.Counter:
         return collections.Counter()
 
 
+def _race_for_the_claim(url: str, trial_id: int, start: float, results) -> None:
+    storage = sweep.open_storage(url)
+    while time.time() < start:  # every claimer reads the trial's state at the same moment
+        pass
+    results.put(storage.set_trial_state_values(trial_id, TrialState.RUNNING))
+
+
+def test_workers_racing_for_one_queued_trial_on_sqlite_claim_it_exactly_once(workdir):
+    """Optuna's claim reads WAITING and writes RUNNING; on SQLite without BEGIN IMMEDIATE all 4 racing processes
+    won the same trial in 9 of 10 rounds on the 2-core host (open_storage's _immediate_transactions)."""
+    import multiprocessing
+
+    url = f"sqlite:///{workdir / 'race.db'}"
+    study = optuna.create_study(storage=sweep.open_storage(url), study_name="race")
+    context = multiprocessing.get_context("fork")  # the claimers start in milliseconds, torch already imported
+    winners = []
+    for _ in range(6):
+        study.enqueue_trial({"x": 1})
+        trial_id = study.get_trials()[-1]._trial_id
+        results, start = context.Queue(), time.time() + 1.0
+        racers = [context.Process(target=_race_for_the_claim, args=(url, trial_id, start, results)) for _ in range(4)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(timeout=120)
+        assert [racer.exitcode for racer in racers] == [0] * 4
+        winners.append(sum(results.get(timeout=5) for _ in racers))
+    assert winners == [1] * 6
+
+
 def test_a_claim_whose_worker_died_before_naming_itself_is_reaped_after_the_grace(workdir):
     study = load_study(write_study(workdir))
     storage = sweep.open_storage(f"sqlite:///{workdir / 'orphan.db'}")

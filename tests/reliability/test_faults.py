@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -168,12 +169,14 @@ def test_four_local_workers_on_one_sqlite_study(workdir, row):
     keys = complete_keys(study)
     assert keys == {(a, s): 1 for a in ARMS for s in range(4)}
     assert "database is locked" not in result.stdout + result.stderr
+    started = re.findall(r"\] trial (\d+): ", result.stdout)  # each worker's start line of each trial it claimed
+    assert sorted(started) == sorted(set(started)) and len(started) >= 8, result.stdout[-3000:]
     pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     duplicates = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     row(
         fault="4 local worker processes on one SQLite study (2 arms × 4 seeds)",
-        happened=f"{len(pids)} workers ran trials; no 'database is locked'; {len(duplicates)} duplicate claims "
-        "recorded as such",
+        happened=f"{len(pids)} workers ran trials; each trial started by one worker (no two won the same claim); "
+        f"no 'database is locked'; {len(duplicates)} duplicate claims recorded as such",
         kept="every arm × seed complete exactly once (8 of 8)",
     )
 
