@@ -353,7 +353,7 @@ def _race_for_the_claim(url: str, trial_id: int, start: float, results) -> None:
 
 def test_workers_racing_for_one_queued_trial_on_sqlite_claim_it_exactly_once(workdir):
     """Optuna's claim reads WAITING and writes RUNNING; on SQLite without BEGIN IMMEDIATE all 4 racing processes
-    won the same trial in 9 of 10 rounds on the 2-core host (open_storage's _immediate_transactions)."""
+    won the same trial in 9 of 10 rounds on a 2-core AMD EPYC (open_storage's _immediate_transactions)."""
     import multiprocessing
 
     url = f"sqlite:///{workdir / 'race.db'}"

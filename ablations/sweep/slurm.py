@@ -81,10 +81,9 @@ CANNOT_START = {
 # Where a partition's AllowAccounts/AllowQos (or Deny…) keep a job out, SLURM gives a sentence instead of a reason
 # code (scontrol writes its spaces as underscores), e.g. "Job's account not known, so it can't use this partition
 # (lab allows lab)" or "Job's QOS not permitted to use this partition (lab allows normal not high)".
-CANNOT_START_TEXT = (
-    (re.compile(r"^Job's[ _](account|QOS)[ _].*(can't[ _]use|not[ _]permitted[ _]to[ _]use)[ _]this[ _]partition"),
-     "the {0} may not use this partition"),
-)  # fmt: skip
+CANNOT_START_TEXT = re.compile(
+    r"^Job's[ _](account|QOS)[ _].*(can't[ _]use|not[ _]permitted[ _]to[ _]use)[ _]this[ _]partition"
+)
 ACTIVE_STATES = {
     "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
     "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED",
@@ -727,10 +726,8 @@ def cannot_start(record: Mapping[str, str]) -> str | None:
         return None
     reason = record.get("Reason", "")
     meaning = CANNOT_START.get(reason)
-    for pattern, text in CANNOT_START_TEXT:
-        if meaning is None and (found := pattern.match(reason)):
-            meaning = text.format(found.group(1))
-            reason = '"' + reason.replace("_", " ") + '"'
+    if meaning is None and (found := CANNOT_START_TEXT.match(reason)):
+        meaning, reason = f"the {found.group(1)} may not use this partition", '"' + reason.replace("_", " ") + '"'
     if meaning is None:
         return None
     return f"job {task_name(record)} cannot start: SLURM gives the reason {reason} ({meaning})"

@@ -94,9 +94,9 @@ def _immediate_transactions(engine) -> None:
     (``set_trial_state_values``; ``study.ask`` pops queued trials the same way). On PostgreSQL the read is a
     ``SELECT … FOR UPDATE`` and the claim is exclusive. SQLite ignores FOR UPDATE, and Python's sqlite3 opens a
     transaction only before the first write, so two workers could both read WAITING and both win the same trial
-    (4 of 4 processes did, in 9 of 10 rounds, on the 2-core host). With the driver's own transaction handling off
-    (``isolation_level=None`` in ``open_storage``) every transaction starts with ``BEGIN IMMEDIATE``: the read
-    happens under the write lock, the next claimer waits for it (the connection's timeout) and reads RUNNING."""
+    (4 of 4 racing processes did, in 9 of 10 rounds, on a 2-core AMD EPYC). With the driver's own transaction
+    handling off (``isolation_level=None`` in ``open_storage``) every transaction starts with ``BEGIN IMMEDIATE``:
+    the read happens under the write lock; the next claimer waits for it (the timeout) and reads RUNNING."""
     import sqlalchemy
 
     sqlalchemy.event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
