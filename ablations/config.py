@@ -724,6 +724,17 @@ class TrainConfig:
         1000, "save checkpoints/last.ckpt every N steps, from which a killed run resumes; 0 = never"
     )
     log_every: int = _field(10, "log loss and learning rate every N steps")
+    threads: int | None = _field(
+        1,
+        "CPU threads of the run's intra-op pool (torch.set_num_threads), fixed so that a re-run on the same machine "
+        "takes the same floating-point path and reproduces the trial bit for bit (the thread count changes the "
+        "summation order); recorded with every trial; null = the process's own (OMP_NUM_THREADS or the cores)",
+    )
+    onednn: bool = _field(
+        True,
+        "CPU convolutions through oneDNN (torch.backends.mkldnn, PyTorch's default); false = PyTorch's native "
+        "kernels: the same function on another floating-point path (the noise_floor study's A/A arm)",
+    )
     accelerator: str = _field("auto", "Lightning accelerator: auto | cpu | gpu")
     devices: int = _field(1, "devices per trial (DDP through Lightning when > 1)")
     precision: str = _field(
@@ -794,6 +805,7 @@ class TrainConfig:
         _require(self.log_every >= 1, "train.log_every", self.log_every, "an integer ≥ 1")
         _choice("train.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
         _require(self.devices >= 1, "train.devices", self.devices, "an integer ≥ 1")
+        _require(self.threads is None or 1 <= self.threads <= 1024, "train.threads", self.threads, "null or 1 … 1024")
         _choice("train.precision", self.precision, PRECISIONS)
 
     @property

@@ -60,6 +60,13 @@ MACS = "macs"
 RECEPTIVE_FIELD = "receptive_field"
 OUTPUT_STRIDE = "output_stride"
 BEST_STEP = "best_step"
+# The compared value is the last validation's (``val/*`` at ``final_step``, the trial's last step); the best
+# validation stays as a record (its step, its mIoU and its checkpoint), never as the result.
+FINAL_STEP = "final_step"
+BEST_MIOU = "best/val/mIoU"
+THREADS = "threads"  # the intra-op CPU threads the trial trained with (train.threads, or the process's own)
+ONEDNN = "onednn"  # whether CPU convolutions ran through oneDNN (train.onednn)
+VALIDATIONS = "validations"  # a trial's every validation: [{step, val/*…}], its user attribute in the storage
 DEVICE = "device"
 PRECISION = "precision"
 CHANNELS_LAST = "channels_last"
@@ -92,6 +99,10 @@ KEPT_METRICS = (
     PEAK_MB,
     PARAMS,
     BEST_STEP,
+    FINAL_STEP,
+    BEST_MIOU,
+    THREADS,
+    ONEDNN,
     DEVICE,
     WALL_S,
     TRAIN_TIME_S,

@@ -302,6 +302,8 @@ def run_trial(study: Study, board: Board, trial: optuna.Trial, out_dir: Path, pr
     kept.update(stats)
     kept.update(trial_overhead(time.perf_counter() - begun, metrics.get(names.TRAIN_TIME_S)))
     storage.set_trial_user_attr(tid, "metrics", json_safe(kept))
+    # Every validation, whole: a later change of which value is compared never needs the trial trained again.
+    storage.set_trial_user_attr(tid, names.VALIDATIONS, json_safe(metrics.get("history") or []))
     values = [metrics.get(o.metric, kept.get(o.metric)) for o in study.objectives]
     if any(not isinstance(v, int | float) or not math.isfinite(v) for v in values):
         missing = [o.metric for o, v in zip(study.objectives, values, strict=True) if not isinstance(v, int | float)]

@@ -251,7 +251,8 @@ def train(
     callbacks: Sequence[pl.Callback] = (),
     progress_bar: bool = True,
 ) -> dict[str, Any]:
-    """Train ``config``; return (and write to ``out_dir/metrics.json``) the metrics of the best validation.
+    """Train ``config``; return (and write to ``out_dir/metrics.json``) the metrics of the last validation (the
+    result; the best validation's step, mIoU and checkpoint are kept as a record, ``history`` holds every one).
 
     When ``out_dir`` holds a last checkpoint of this config, training resumes from it; one from another config,
     or one that does not load, is left alone and the run starts clean in a new folder (``metrics["out_dir"]``).
@@ -260,6 +261,9 @@ def train(
     check_writable_dir("out_dir", out_dir, ConfigError)  # before any work (the CLI checks --out the same way)
     check_devices(config.train)
     check_attention_memory(config)
+    if config.train.threads is not None:  # a fixed float path: the same thread count, the same summation order
+        torch.set_num_threads(config.train.threads)
+    torch.backends.mkldnn.enabled = config.train.onednn  # set every run: a sweep's next trial must not inherit it
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     data = SegmentationDataModule(config)
     data.setup("fit")  # checks the dataset now, before a logger, a Trainer or a step exists
@@ -316,9 +320,14 @@ def train(
     rank_zero = trainer.is_global_zero  # every rank returns the metrics; only rank 0 touches W&B and files
     wall_time_s = time.perf_counter() - started
     timing = throughput.summary()
+    final = system.history[-1] if system.history else {}
     metrics = {
-        **system.best,
-        "best_step": system.best.get("step"),
+        **final,  # the result: the last validation (train.val_every divides max_steps, so the last step's)
+        names.FINAL_STEP: final.get("step"),
+        names.BEST_STEP: system.best.get("step"),
+        names.BEST_MIOU: system.best.get(names.MIOU),
+        names.THREADS: torch.get_num_threads(),
+        names.ONEDNN: torch.backends.mkldnn.enabled,
         **timing,
         names.OVERHEAD_S: wall_time_s - timing[names.TRAIN_TIME_S],
         "peak_memory_mb": peak_memory_mb(system),
@@ -339,7 +348,8 @@ def train(
     }
     metrics.pop("step", None)
     if rank_zero:  # one W&B run and one file per run, whatever the number of processes
-        # The run's summary holds the best validation's metrics (the best checkpoint's), not a maximum over steps.
+        # The run's summary holds the last validation's metrics (the result), with the best one's step and mIoU
+        # as a record; never a maximum over steps.
         summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         if metrics.get(names.PEAK_FLOPS_SOURCE):
             summary[names.PEAK_FLOPS_SOURCE] = metrics[names.PEAK_FLOPS_SOURCE]
