@@ -51,16 +51,33 @@ def test_holm_adjusts_step_down_and_keeps_the_order():
     assert adjusted[0] == pytest.approx(1.0) and math.isnan(adjusted[1])
 
 
-@pytest.mark.parametrize(("sd", "seeds"), [(0.003, 3), (0.005, 5), (0.007, 7), (0.010, 10)])
-def test_seeds_needed_matches_the_published_table(sd, seeds):
-    # ../shared/reference/statistics.md: α = 0.05 two-sided, 80 % power, Δ = 1 mIoU point.
-    assert stats.seeds_needed(sd, 0.01) == seeds
+def test_resolve_probability_matches_a_simulation_of_the_verdict_rule():
+    # Δ = 0.015, sd 0.01, 6 seeds, level 0.05: the share of simulated comparisons that end better or equivalent.
+    rng = __import__("numpy").random.default_rng(7)
+    d = rng.normal(0.015, 0.01, size=(200_000, 6))
+    mean, sd = d.mean(axis=1), d.std(axis=1, ddof=1)
+    half = st.t.ppf(0.975, 5) * sd / math.sqrt(6)
+    resolved = ((abs(mean) > half) & (abs(mean) >= 0.01)) | ((abs(mean) + half) < 0.01)
+    computed = stats.resolve_probability(0.015, 0.01, 6, level=0.05, min_effect=0.01)
+    assert computed == pytest.approx(resolved.mean(), abs=0.005)
+
+
+def test_seeds_needed_counts_resolved_verdicts_not_t_test_power():
+    # A clear effect with little spread resolves at 3 seeds (scipy's noncentral t gave NaN here and skipped n = 3).
+    assert stats.seeds_needed(0.03, 0.002, 0.01) == 3
+    assert stats.resolve_probability(0.03, 0.002, 3, level=0.05, min_effect=0.01) > 0.99
+    # A true Δ equal to min_effect: "better" needs the estimate to clear min_effect too, about half the time.
+    # (plus about α/2 of equivalent verdicts: the false-equivalence rate at |Δ| = min_effect)
+    assert stats.resolve_probability(0.01, 0.005, 200, level=0.05, min_effect=0.01) == pytest.approx(0.525, abs=0.01)
+    assert stats.seeds_needed(0.01, 0.005, 0.01) == stats.MAX_SEEDS + 1
+    # No effect and little spread: equivalence resolves it.
+    assert stats.seeds_needed(0.0, 0.004, 0.01) <= 6
 
 
 def test_seeds_needed_grows_with_a_stricter_level_and_is_unknown_without_a_spread():
-    assert stats.seeds_needed(0.005, 0.01, alpha=0.05 / 4) > stats.seeds_needed(0.005, 0.01)
-    assert stats.seeds_needed(math.nan, 0.01) is None
-    assert stats.seeds_needed(0.0, 0.01) == stats.MIN_PAIRS
+    assert stats.seeds_needed(0.02, 0.01, 0.01, alpha=0.05 / 4) > stats.seeds_needed(0.02, 0.01, 0.01)
+    assert stats.seeds_needed(0.02, math.nan, 0.01) is None
+    assert stats.seeds_needed(0.02, 0.0, 0.01) == stats.MIN_PAIRS
 
 
 def values(baseline, arm):
@@ -104,8 +121,8 @@ def test_an_interval_inside_the_band_is_equivalent():
 def test_a_noisy_gap_is_inconclusive_with_the_seeds_it_needs():
     c = verdict_of([0.80, 0.81, 0.82], [0.83, 0.80, 0.84])
     assert c.verdict == stats.INCONCLUSIVE
-    # sd of the differences is 0.0208; at α = 0.05 (one comparison) 80 % power for 0.01 needs
-    assert c.seeds_needed == stats.seeds_needed(c.interval.sd, 0.01) > 3
+    # sd of the differences is 0.0208: an 80 % chance of a resolved verdict at α = 0.05 (one comparison) needs
+    assert c.seeds_needed == stats.seeds_needed(c.interval.delta, c.interval.sd, 0.01) > 3
     assert c.label == f"inconclusive (≈ {c.seeds_needed} seeds needed)"
 
 

@@ -11,20 +11,25 @@ The verdict rule, applied to every table the project prints (``direction`` says 
 
 * **better** / **worse**: at least ``MIN_PAIRS`` paired seeds, Holm-adjusted p < a, and |Δ| ≥ ``min_effect``;
 * **equivalent**: at least ``MIN_PAIRS`` paired seeds and the whole interval inside ±``min_effect``;
-* otherwise **inconclusive**, with the number of seeds that would give 80 % power to detect ``min_effect`` at the
-  strictest Holm level (a / m), from the observed spread of the differences.
+* otherwise **inconclusive**, with the number of seeds that would give an 80 % chance of a *resolved* verdict
+  (better/worse or equivalent) at the strictest Holm level (a / m), if the true Δ and sd were the observed ones
+  (:func:`seeds_needed`; an sd from 3 seeds is itself uncertain by a factor of 0.5 to 6).
+
+A study may instead add seeds in looks until each comparison is resolved (``ablations.results.sequential``: a
+group-sequential design whose verdicts replace these; the same interval and resolution functions).
 
 No percentile bootstrap: at 3–10 seeds it under-covers badly (``../shared/reference/statistics.md``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 ALPHA = 0.05
 POWER = 0.8
@@ -110,19 +115,100 @@ def holm(p_values: Sequence[float]) -> tuple[list[float], list[int]]:
     return adjusted, ranks
 
 
-def seeds_needed(sd: float, min_effect: float, *, alpha: float = ALPHA, power: float = POWER) -> int | None:
-    """Smallest n whose two-sided paired t-test at ``alpha`` detects a true mean difference of ``min_effect``
-    with probability ``power``, given the sd of the differences (noncentral t). None when sd is unknown."""
-    if sd is None or math.isnan(sd):
-        return None
+def critical_t(level: float, n: int) -> float:
+    """|t| that a paired t with ``n`` seeds must exceed at two-sided ``level``."""
+    return float(special.stdtrit(n - 1, 1 - level / 2))
+
+
+@functools.cache
+def _chi_grid(df: int, points: int = 256) -> np.ndarray:
+    """√(Q/df) at ``points`` equally spaced quantiles of Q ~ χ²(df): S/σ for a sample sd with ``df`` degrees."""
+    u = (np.arange(points) + 0.5) / points
+    return np.sqrt(stats.chi2.ppf(u, df) / df)
+
+
+def resolve_probability(
+    delta: float,
+    sd: float,
+    n: int,
+    *,
+    level: float,
+    equivalence_level: float | None = None,
+    min_effect: float,
+    threshold: float | None = None,
+) -> float:
+    """The chance that a fixed-n paired comparison of ``n`` seeds ends resolved — better/worse (t-test at ``level``
+    rejects and |Δ̂| ≥ ``threshold``, default min_effect) or equivalent (interval at ``equivalence_level`` inside
+    ±min_effect) — when the true mean difference is ``delta`` and the differences' sd is ``sd`` (Gaussian).
+    Exact up to a 256-point quadrature over the sample sd. It is not t-test power: at a true Δ equal to min_effect
+    "better" needs the estimate to clear min_effect too, which happens about half the time whatever n is."""
+    if n < 2 or not math.isfinite(sd) or not math.isfinite(delta):
+        return math.nan
+    threshold = min_effect if threshold is None else threshold
+    equivalence_level = level if equivalence_level is None else equivalence_level
     if sd == 0:
-        return MIN_PAIRS
-    for n in range(2, MAX_SEEDS + 1):
-        crit = stats.t.ppf(1 - alpha / 2, n - 1)
-        noncentrality = min_effect / sd * math.sqrt(n)
-        achieved = stats.nct.sf(crit, n - 1, noncentrality) + stats.nct.cdf(-crit, n - 1, noncentrality)
-        if achieved >= power:
-            return max(n, MIN_PAIRS)
+        return 1.0 if (delta != 0 and abs(delta) >= threshold) or abs(delta) < min_effect else 0.0
+    se = sd / math.sqrt(n)
+    s = _chi_grid(n - 1) * se  # the standard error the comparison will see, over the quadrature
+    cut = np.maximum(critical_t(level, n) * s, threshold)
+    outside = special.ndtr((-cut - delta) / se) + special.ndtr((delta - cut) / se)  # P(|D| > cut)
+    inner = min_effect - critical_t(equivalence_level, n) * s
+    inside = np.where(
+        inner > 0, special.ndtr((inner - delta) / se) - special.ndtr((-inner - delta) / se), 0.0
+    )  # P(|D| ≤ inner)
+    return float(np.mean(outside + inside))
+
+
+def seeds_to_resolve(
+    delta: float,
+    sd: float,
+    *,
+    level: float,
+    min_effect: float,
+    threshold: float | None = None,
+    chance: float = 0.8,
+    largest: int = 1000,
+) -> int | None:
+    """The smallest seed count (≥ 3) whose fixed-n comparison at ``level`` ends resolved with probability ≥
+    ``chance`` if Δ and sd are what was observed; ``largest + 1`` when none up to ``largest`` does; None when
+    the sd is unknown."""
+    if sd is None or not math.isfinite(sd) or not math.isfinite(delta):
+        return None
+    for n in range(3, largest + 1):
+        p = resolve_probability(delta, sd, n, level=level, min_effect=min_effect, threshold=threshold)
+        if p >= chance:
+            return n
+    return largest + 1
+
+
+def seeds_needed(
+    delta: float, sd: float, min_effect: float, *, alpha: float = ALPHA, chance: float = POWER
+) -> int | None:
+    """Smallest n (≥ ``MIN_PAIRS``) whose fixed-n paired comparison at two-sided level ``alpha`` ends **resolved**
+    (better/worse or equivalent, :func:`resolve_probability`) with probability ≥ ``chance`` if the true Δ and the
+    differences' sd are the observed ones; ``MAX_SEEDS + 1`` when no n up to ``MAX_SEEDS`` does; None when the sd
+    is unknown. Not t-test power: "better" also needs the estimate to clear min_effect, so a Δ near min_effect may
+    need more seeds than any budget."""
+    if sd is None or delta is None or not math.isfinite(sd) or not math.isfinite(delta):
+        return None
+
+    def enough(n: int) -> bool:
+        return resolve_probability(delta, sd, n, level=alpha, min_effect=min_effect) >= chance
+
+    # Every n up to 16, then a geometric grid to MAX_SEEDS and a bisection inside the step that first suffices
+    # (the chance grows with n there; about 30 evaluations instead of a thousand).
+    grid = [*range(MIN_PAIRS, 17)]
+    while grid[-1] < MAX_SEEDS:
+        grid.append(min(MAX_SEEDS, int(grid[-1] * 1.25) + 1))
+    previous = MIN_PAIRS - 1
+    for n in grid:
+        if enough(n):
+            low, high = previous, n  # not enough at low (or below the range), enough at high
+            while high - low > 1:
+                middle = (low + high) // 2
+                low, high = (low, middle) if enough(middle) else (middle, high)
+            return high
+        previous = n
     return MAX_SEEDS + 1
 
 
@@ -146,21 +232,33 @@ class Comparison:
         return f"inconclusive ({more} seeds needed)"
 
 
-def verdict(interval: Interval, p_holm: float, min_effect: float, *, maximize: bool = True) -> tuple[str, str]:
-    """The rule (module docstring); returns (verdict, a note saying why, when it is not obvious)."""
+def verdict(
+    interval: Interval, p_holm: float, min_effect: float, *, maximize: bool = True, floor: float = 0.0
+) -> tuple[str, str]:
+    """The rule (module docstring); returns (verdict, a note saying why, when it is not obvious). ``floor``: the
+    instrument's noise floor; a |Δ| inside it is never better or worse."""
     if interval.method != "paired" or interval.n < MIN_PAIRS:
         reason = "seeds do not pair up" if interval.method == "welch" else f"{interval.n} paired seed(s)"
         return INCONCLUSIVE, f"{reason}; a verdict needs ≥ {MIN_PAIRS} paired seeds"
     inside = -min_effect <= interval.low and interval.high <= min_effect
     significant = not math.isnan(p_holm) and p_holm < ALPHA
-    if significant and abs(interval.delta) >= min_effect:
+    if significant and abs(interval.delta) >= max(min_effect, floor):
         good = interval.delta > 0 if maximize else interval.delta < 0
-        return (BETTER if good else WORSE), ""
+        return (BETTER if good else WORSE), clearance_note(interval, min_effect)
     if inside:
         return EQUIVALENT, ""
+    if significant and abs(interval.delta) >= min_effect:
+        return INCONCLUSIVE, f"significant, but |Δ| is inside the noise floor {floor:.4f}"
     if significant:
         return INCONCLUSIVE, f"significant, but |Δ| < min_effect {min_effect:g}"
     return INCONCLUSIVE, ""
+
+
+def clearance_note(interval: Interval, min_effect: float) -> str:
+    """For a better/worse verdict: whether its interval, not only its estimate, clears ±min_effect."""
+    if interval.low >= min_effect or interval.high <= -min_effect:
+        return ""
+    return f"the interval admits |Δ| < min_effect {min_effect:g}"
 
 
 def compare_arms(
@@ -172,6 +270,7 @@ def compare_arms(
     alpha: float = ALPHA,
     identical_to: Mapping[str, str] | None = None,
     unmeasurable: Mapping[str, str] | None = None,
+    floor: float = 0.0,
 ) -> list[Comparison]:
     """Every arm of ``values`` (arm → seed → metric) against ``baseline``, Holm-corrected as one family.
     ``identical_to`` names arms that build the same network as the baseline under the run's geometry: their
@@ -186,7 +285,11 @@ def compare_arms(
     for arm, p_holm, rank in zip(others, adjusted, ranks, strict=True):
         level = alpha / (m - rank + 1)
         interval = compare(values[arm], values[baseline], alpha=level)
-        needed = seeds_needed(interval.sd, min_effect, alpha=alpha / max(1, m)) if interval.method == "paired" else None
+        needed = (
+            seeds_needed(interval.delta, interval.sd, min_effect, alpha=alpha / max(1, m))
+            if interval.method == "paired"
+            else None
+        )
         if arm in identical_to:
             out.append(
                 Comparison(arm, interval, p_holm, NOT_MEASURABLE, None, f"same network as {identical_to[arm]} here")
@@ -195,7 +298,7 @@ def compare_arms(
         if arm in unmeasurable:
             out.append(Comparison(arm, interval, p_holm, NOT_MEASURABLE, None, unmeasurable[arm]))
             continue
-        v, note = verdict(interval, p_holm, min_effect, maximize=maximize)
+        v, note = verdict(interval, p_holm, min_effect, maximize=maximize, floor=floor)
         out.append(Comparison(arm, interval, p_holm, v, needed if v == INCONCLUSIVE else None, note))
     return out
 
@@ -210,6 +313,19 @@ def resolved_best(values: Mapping[str, Mapping[int, float]], *, min_effect: floa
     # Compare every other arm against the top one: "worse" for each means the top arm beats them all.
     against = compare_arms({a: values[a] for a in means}, top, min_effect=min_effect, maximize=maximize)
     return top if all(c.verdict == WORSE for c in against) else None
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (q-values), in the input's order: reject at FDR q where q-value ≤ q."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [1.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, p_values[i] * m / rank)
+        adjusted[i] = min(1.0, running)
+    return adjusted
 
 
 def pareto_front(points: Mapping[str, Sequence[float]], maximize: Sequence[bool]) -> list[str]:
