@@ -112,6 +112,23 @@ def _parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="refuse to run when the crop makes a studied conv degenerate"
     )
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
+    design = sweep.add_argument_group(
+        "adding seeds until each comparison is resolved (a group-sequential design; docs/statistics.md); the flags "
+        "override the study's sequential: block"
+    )
+    design.add_argument(
+        "--until-resolved", action="store_true",
+        help="run the study's seeds as the first look, then add seeds in looks to the arms still unresolved",
+    )  # fmt: skip
+    design.add_argument("--looks", type=_look_list, metavar="N,N,...", help="seed counts of the looks (3,6,12)")
+    design.add_argument("--max-seeds", type=_look_count, metavar="N", help="the last look (default 12)")
+    design.add_argument("--alpha", type=_number, metavar="A", help="family-wise error rate, 0 < A < 0.5 (0.05)")
+    design.add_argument("--boundary", help="obrien-fleming (default) or pocock")
+    design.add_argument("--futility", type=_number, metavar="P", help="futility threshold, 0 = none (0.05)")
+    design.add_argument(
+        "--max-minutes", type=_number, metavar="M",
+        help="claim no new trial after M minutes (the running ones finish; the same command resumes)",
+    )  # fmt: skip
     cluster = sweep.add_argument_group("SLURM (docs/cluster.md); the flags override the study's slurm: block")
     cluster.add_argument(
         "--slurm",
@@ -167,6 +184,7 @@ def _count(text: str) -> int:
     return value
 
 
+DESIGN_FLAGS = ("looks", "max_seeds", "alpha", "boundary", "futility")
 _CLUSTER_FLAGS = ("partition", "gpus_per_worker", "cpus_per_worker", "time_limit", "account", "max_preemptions")
 
 
@@ -203,6 +221,27 @@ def _int_list(text: str, *, minimum: int, maximum: int, distinct: bool, example:
             f"{text!r}: expected {'distinct ' if distinct else ''}integers {minimum} … {maximum}"
         )
     return values
+
+
+def _look_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seed counts separated by commas, e.g. 3,6,12") from None
+
+
+def _look_count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def _batch_list(text: str) -> list[int]:
@@ -385,7 +424,9 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         args.study, profile=args.profile, sets=args.overrides, seeds=args.seeds, budget=args.budget,
         study_name=args.study_name, out=args.out, storage=args.storage, workers=args.workers, worker=args.worker,
         retry_failed=args.retry_failed, max_trials=args.max_trials, table_only=args.table_only, strict=args.strict,
-        argv=argv, slurm=slurm, wait=args.wait, status=args.status,
+        argv=argv, slurm=slurm, wait=args.wait, status=args.status, until_resolved=args.until_resolved,
+        design={k: getattr(args, k) for k in DESIGN_FLAGS if getattr(args, k) is not None},
+        max_minutes=args.max_minutes,
     )  # fmt: skip
     try:
         outcome = run_sweep(request, printer=lambda line: print(line, flush=True))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from ablations.cli import main
@@ -575,3 +576,50 @@ def test_more_gpus_than_the_machine_has_is_one_line(monkeypatch):
     with pytest.raises(ConfigError, match=re.escape("train.devices=3: allowed 1 … 2")):
         check_devices(config.train)
     check_devices(load_config(overrides=["train.accelerator=gpu", "train.devices=2"]).train)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The group-sequential design: every bad value is one line naming it, exit 2, before anything is created.
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--until-resolved", "--looks", "3,3,12"], ["--until-resolved: looks=[3, 3, 12]", "strictly increasing"]),
+        (["--until-resolved", "--looks", "1,6"], ["looks=[1, 6]", "at least 2 seeds"]),
+        (["--until-resolved", "--looks", "3,6,12", "--max-seeds", "8"], ["looks=[3, 6, 12]", "max_seeds=8"]),
+        (["--until-resolved", "--alpha", "0.5"], ["alpha=0.5", "0 < alpha < 0.5"]),
+        (["--until-resolved", "--alpha", "-0.1"], ["alpha=-0.1", "0 < alpha < 0.5"]),
+        (["--until-resolved", "--boundary", "bonferroni"], ["boundary='bonferroni'", "obrien-fleming"]),
+        (["--looks", "3,6"], ["--looks: options of a sequential design; add --until-resolved"]),
+        (["--until-resolved", "--max-minutes", "0"], ["--max-minutes 0", "> 0"]),
+    ],
+)
+def test_a_bad_sequential_design_is_one_line_before_anything_is_created(capsys, tmp_path, tiny_study, args, needles):
+    _one_line_error(capsys, ["sweep", str(tiny_study), "--out", str(tmp_path / "run"), *args], *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_design_on_a_search_study_is_refused(capsys, tmp_path):
+    search = _study(axis=None, search_space={"train.lr": {"low": 1e-3, "high": 0.1}}, budget=2)
+    with pytest.raises(StudyError, match=re.escape("a sequential design needs arms to compare")):
+        parse_study({**search, "sequential": {}})
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(search))
+    _one_line_error(capsys, ["sweep", str(path), "--out", str(tmp_path / "run"), "--until-resolved"],
+                    "--until-resolved: a sequential design needs arms to compare")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"looks": [6, 3]}, "sequential: looks=[6, 3]: seed counts must be strictly increasing"),
+        ({"alpha": 1}, "sequential: alpha=1: a number with 0 < alpha < 0.5"),
+        ({"look": [3, 6]}, "sequential: unknown field(s) ['look']"),
+        ([3, 6, 12], "sequential: [3, 6, 12]: a mapping"),
+    ],
+)
+def test_the_study_files_sequential_block_is_checked_at_load(block, message):
+    with pytest.raises(StudyError, match=re.escape(message)):
+        parse_study(_study(sequential=block))

@@ -561,3 +561,37 @@ def test_a_pruned_study_with_multi_device_trials_is_refused_at_load(workdir):
     path = write_study(workdir, "ddp", fixed={"train.devices": 2}, pruner={"kind": "median"})
     with pytest.raises(StudyError, match="a multi-device trial trains in its own process"):
         load_study(path)
+
+
+@pytest.mark.e2e
+def test_until_resolved_adds_seeds_to_unresolved_arms_only_resumes_and_keeps_its_design(workdir):
+    from ablations.results.sequential import Design, decide
+
+    axis = {"name": "lr", "key": "train.lr", "values": [0.01, 0.02, 0.04]}
+    path = write_study(workdir, axis=axis, seeds=[0, 1])
+    design_args = ("--until-resolved", "--looks", "2,3", "--futility", "0")
+    result = subprocess.run(sweep_command(path, *design_args, "--workers", "2"), capture_output=True, text=True,
+                            timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = stored(workdir / "runs" / "sweeps" / "tiny")
+    stored_design = study.user_attrs["sequential"]
+    assert stored_design["looks"] == [2, 3] and stored_design["seeds"] == [0, 1, 2]
+    values: dict[str, dict[int, float]] = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        values.setdefault(t.user_attrs["arm"], {})[t.user_attrs["seed"]] = t.values[0]
+    again = decide(values, "0.01", ["0.02", "0.04"], Design.from_dict(stored_design), min_effect=0.01)
+    done = complete_keys(study)
+    assert set(done) == set(again.pairs) and all(n == 1 for n in done.values())  # exactly the design's pairs, once
+    assert again.finished
+    third = {arm for arm, seed in done if seed == 2}
+    # the third seed ran for the arms unresolved after look 1 and, if any did, for the baseline
+    assert third == ({a for a, s in again.states.items() if s.look == 2} | {"0.01"} if third else set())
+    printed = result.stdout
+    assert "look 1 of 2 (2 seeds) decided" in printed and "Group-sequential design: looks at 2, 3" in printed
+    # The same command again runs nothing; another design on the same storage is refused.
+    rerun = subprocess.run(sweep_command(path, *design_args), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "seed 0 …" not in rerun.stdout and "seed 2 …" not in rerun.stdout
+    assert complete_keys(stored(workdir / "runs" / "sweeps" / "tiny")) == done
+    other = subprocess.run(sweep_command(path, "--until-resolved", "--looks", "2,4"), capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert other.returncode == 2 and "cannot change once its looks have begun" in other.stderr

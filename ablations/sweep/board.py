@@ -46,6 +46,7 @@ class Board:
     study_id: int
     name: str
     _file: tuple[Path, int] | None = None  # a SQLite storage's file and its inode when opened
+    sequential: Any = None  # the study's stored group-sequential design (ablations.results.sequential.Design)
 
     def __post_init__(self) -> None:
         url = self.storage.url
@@ -109,6 +110,7 @@ def open_study(study: Study, storage: optuna.storages.RDBStorage, study_name: st
             f"{study.profile!r}, --set {list(study.sets)}, arms {list(study.arm_labels)}. Use --study-name NEW "
             "or another --out/--storage to start a new study"
         )
+    design = _stored_design(optuna_study, study, study_name)
     if [d.name.lower() for d in optuna_study.directions] != directions:
         raise SweepError(f"study {study_name!r}: stored directions differ from the study file's objectives")
     # Each objective named by its metric (optuna-dashboard, trials_dataframe and the plots show these instead of
@@ -118,7 +120,43 @@ def open_study(study: Study, storage: optuna.storages.RDBStorage, study_name: st
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental since Optuna 3.2
             optuna_study.set_metric_names(metric_names)
-    return Board(storage, optuna_study, storage.get_study_id_from_name(study_name), study_name)
+    board = Board(storage, optuna_study, storage.get_study_id_from_name(study_name), study_name)
+    board.sequential = design
+    return board
+
+
+DESIGN_ATTR = "sequential"
+
+
+def _stored_design(optuna_study: optuna.Study, study: Study, study_name: str):
+    """The study's group-sequential design: stored when a sweep first runs with one; a later sweep with another
+    is refused (changing the looks or α half-way voids the error control); a sweep without one continues the
+    stored design. None for a fixed-seed study."""
+    from ablations.results.sequential import Design
+
+    stored = optuna_study.user_attrs.get(DESIGN_ATTR)
+    if study.sequential is None:
+        return Design.from_dict(stored) if stored else None
+    if stored is None:
+        if any(t.state == TrialState.COMPLETE and _beyond(t, study) for t in optuna_study.get_trials(deepcopy=False)):
+            raise SweepError(
+                f"study {study_name!r} already holds trials of seeds outside the design's first look; a sequential "
+                "design must be fixed before its looks are seen: use --study-name NEW or another --out/--storage"
+            )
+        optuna_study.set_user_attr(DESIGN_ATTR, study.sequential.to_dict())
+        return study.sequential
+    if stored != study.sequential.to_dict():
+        raise SweepError(
+            f"study {study_name!r} in this storage runs the sequential design {stored}; now "
+            f"{study.sequential.to_dict()}. A design cannot change once its looks have begun: run it as stored "
+            "(drop the design options), or use --study-name NEW or another --out/--storage"
+        )
+    return study.sequential
+
+
+def _beyond(trial: FrozenTrial, study: Study) -> bool:
+    seed = trial.user_attrs.get("seed")
+    return seed is not None and int(seed) not in study.sequential.seeds[: study.sequential.looks[0]]
 
 
 def is_settled(trial: FrozenTrial, *, retry_failed: float | None = None) -> bool:
@@ -209,6 +247,45 @@ def reap_interrupted(board: Board, *, grace: float = GRACE_S) -> list[int]:
     return reaped
 
 
+def outcome(study: Study, board: Board, *, retry_failed: float | None = None, trials=None):
+    """A sequential study's standing (``ablations.results.sequential.decide`` over its stored trials): the verdicts
+    of every decided look and the (arm, seed) pairs the design wants so far; None for a fixed-seed study."""
+    design = study.sequential or board.sequential
+    if design is None or not study.is_grid:
+        return None
+    from ablations.results.sequential import decide
+    from ablations.results.tables import compared_arms
+
+    values: dict[str, dict[int, float]] = {}
+    settled: set[tuple[str, int]] = set()
+    for t in sorted(trials if trials is not None else board.trials(), key=lambda t: t.number):
+        key = key_of(t)
+        if key is None:
+            continue
+        if is_settled(t, retry_failed=retry_failed):
+            settled.add(key)
+        if t.state == TrialState.COMPLETE and t.values:
+            values.setdefault(key[0], {})[key[1]] = float(t.values[0])
+    objective = study.objectives[0]
+    return decide(
+        values, study.baseline or study.arm_labels[0], compared_arms(study), design,
+        min_effect=study.min_effect, maximize=objective.direction == "maximize", settled=settled,
+    )  # fmt: skip
+
+
+def wanted(study: Study, board: Board, *, retry_failed: float | None = None, trials=None) -> list[tuple[str, int]]:
+    """The (arm, seed) pairs a grid study runs: its grid; for a sequential study, its first look (every arm) and
+    each later look's seeds for the arms still unresolved and the baseline, as far as the stored results go."""
+    design = study.sequential or board.sequential
+    pairs = (
+        study.grid() if design is None else [(a, s) for s in design.seeds[: design.looks[0]] for a in study.arm_labels]
+    )
+    decided = outcome(study, board, retry_failed=retry_failed, trials=trials)
+    if decided is not None:
+        pairs += [p for p in decided.pairs if p not in set(pairs)]
+    return pairs
+
+
 def top_up(study: Study, board: Board, *, retry_failed: float | None = None) -> int:
     """Queue every arm × seed that has no settled, queued or running trial. Returns how many were queued."""
     trials = board.trials()
@@ -219,7 +296,7 @@ def top_up(study: Study, board: Board, *, retry_failed: float | None = None) -> 
         if key and (t.state in (TrialState.WAITING, TrialState.RUNNING) or is_settled(t, retry_failed=retry_failed)):
             covered.add(key)
     queued = 0
-    for arm, seed in study.grid():
+    for arm, seed in wanted(study, board, retry_failed=retry_failed, trials=trials):
         if (arm, seed) not in covered:
             # A first queueing skips a copy another worker just made; a failure being retried is queued anew.
             first = (arm, seed) not in seen
@@ -283,7 +360,7 @@ def same_point(board: Board, params: dict[str, Any], seed: int, number: int) -> 
 def counts(study: Study, board: Board, *, retry_failed: float | None = None) -> dict[str, int]:
     trials = board.trials()
     if study.is_grid:
-        keys = set(study.grid())
+        keys = set(wanted(study, board, retry_failed=retry_failed, trials=trials))
         settled = {key_of(t) for t in trials if is_settled(t, retry_failed=retry_failed)} & keys
         running = {key_of(t) for t in trials if t.state == TrialState.RUNNING} & keys
         return {"done": len(settled), "running": len(running), "total": len(keys)}

@@ -4,6 +4,7 @@ trials here or in ``--workers N`` local processes, then print the comparison tab
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,9 @@ class SweepRequest:
     slurm: Mapping[str, Any] | None = None
     wait: bool = False  # with --slurm: follow the jobs to the end and print the table
     status: bool = False  # report the study's progress from its storage, run nothing
+    until_resolved: bool = False  # run the study's group-sequential design (its sequential: block or the defaults)
+    design: Mapping[str, Any] = field(default_factory=dict)  # --looks, --max-seeds, --alpha, --boundary, --futility
+    max_minutes: float | None = None  # claim no new trial after this many minutes
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
             request.study_file, profile="faithful" if gpus else "quick", sets=request.sets, seeds=request.seeds,
             budget=request.budget,
         )  # fmt: skip
+    study = _with_design(study, request)
     warnings: list[str] = []
     if not request.worker and not request.table_only and not request.status:
         from ablations.sweep.geometry import startup_warnings
@@ -101,6 +106,8 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
     url = storage_url(out_dir, request.storage)
     check_storage_reachable(url)
     board = open_study(study, open_storage(url), name)
+    if study.sequential is None and board.sequential is not None:
+        study = dataclasses.replace(study, sequential=board.sequential)  # the design stored with the study goes on
     if request.slurm is not None:
         return _submit(request, study, board, name, url, out_dir, opts, started, retry, warnings, printer)
     if request.table_only:
@@ -120,14 +127,37 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
             import torch
 
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        deadline = started + 60 * request.max_minutes if request.max_minutes is not None else None
         sweep.work(
             study, board, out_dir, workers=request.workers, retry_failed=retry, max_trials=request.max_trials,
-            printer=printer,
+            deadline=deadline, printer=printer,
         )  # fmt: skip
     if request.worker:
         return SweepOutcome(study, name, url, out_dir, None)
     table = sweep.write_outputs(study, board.study, out_dir, name)
     return SweepOutcome(study, name, url, out_dir, table, status)
+
+
+def _with_design(study: Study, request: SweepRequest) -> Study:
+    """The study with the design ``--until-resolved`` and its flags ask for (over the file's ``sequential:``
+    block); every bad value is one line naming it, before anything is created."""
+    from ablations.sweep.study import design_from
+
+    if request.max_minutes is not None and not 0 < request.max_minutes <= 10**7:
+        raise StudyError(f"--max-minutes {request.max_minutes:g}: a number of minutes > 0")
+    if not request.until_resolved:
+        if request.design:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in request.design)
+            raise StudyError(f"{flags}: options of a sequential design; add --until-resolved")
+        return study
+    spec = dict(study.sequential_spec or {})
+    if "looks" in request.design or "max_seeds" in request.design:  # the flags' looks replace the file's
+        for key in ("looks", "max_seeds"):
+            if key not in request.design:
+                spec.pop(key, None)
+    spec.update(request.design)
+    design = design_from(spec, "--until-resolved", axis=study.axis, seeds=study.seeds)
+    return dataclasses.replace(study, sequential=design, sequential_spec=spec)
 
 
 def _status(study: Study, name: str, out_dir: Path, storage: str | None, printer) -> SweepOutcome:

@@ -24,6 +24,7 @@ from typing import Any
 from ablations.config import SEED_MAX, SEED_RANGE, ConfigError, ExperimentConfig, is_seed, load_config, profile_names
 from ablations.ioutil import load_yaml, read_text_file
 from ablations.results import names
+from ablations.results.sequential import Design, DesignError, make_design
 
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving")
@@ -44,7 +45,11 @@ STUDY_KEYS = {
     "baseline",
     "min_effect",
     "slurm",  # how --slurm N submits the workers (ablations.sweep.slurm.check_block); not part of the fingerprint
+    # A group-sequential design (ablations.results.sequential): which seeds run, not what a trial is; not part of
+    # the fingerprint, but stored with the study when it first runs, and a different one is refused.
+    "sequential",
 }
+SEQUENTIAL_KEYS = ("looks", "alpha", "boundary", "futility", "max_seeds")
 DEFAULT_MIN_EFFECT = 0.01  # one mIoU point: the smallest difference a report calls better or worse
 
 
@@ -125,6 +130,8 @@ class Study:
     baseline: str | None = None  # the arm every other arm is compared with (default: the first)
     min_effect: float = DEFAULT_MIN_EFFECT  # smallest |Δ| of the first objective worth calling better or worse
     slurm: Mapping[str, Any] | None = None  # the slurm: block, checked (partition, gpus_per_worker, time, …)
+    sequential: Design | None = None  # add seeds in looks until each comparison is resolved (None: the fixed seeds)
+    sequential_spec: Mapping[str, Any] | None = None  # the sequential: block as written (the flags merge into it)
 
     @property
     def is_grid(self) -> bool:
@@ -135,12 +142,17 @@ class Study:
         return tuple(arm.label for arm in self.arms)
 
     def grid(self) -> list[tuple[str, int]]:
-        """Every (arm, seed) of a grid study, seed-major: one full comparison per seed, in order."""
-        return [(arm.label, seed) for seed in self.seeds for arm in self.arms]
+        """Every (arm, seed) of a grid study, seed-major: one full comparison per seed, in order. A sequential
+        study's grid is its first look (the later looks depend on the results: ``board.wanted``)."""
+        seeds = self.sequential.seeds[: self.sequential.looks[0]] if self.sequential else self.seeds
+        return [(arm.label, seed) for seed in seeds for arm in self.arms]
 
     @property
     def total(self) -> int:
-        return len(self.arms) * len(self.seeds) if self.is_grid else int(self.budget or 0)
+        """Trials of the fixed grid; for a sequential study, the most its design can run."""
+        if not self.is_grid:
+            return int(self.budget or 0)
+        return len(self.arms) * (self.sequential.max_seeds if self.sequential else len(self.seeds))
 
     def arm(self, label: str) -> Arm:
         for arm in self.arms:
@@ -196,6 +208,7 @@ class Study:
             "sets": list(self.sets),
             "baseline": self.baseline,
             "min_effect": self.min_effect,
+            "sequential": self.sequential.to_dict() if self.sequential else None,
         }
 
     def _where(self) -> str:
@@ -347,6 +360,9 @@ def parse_study(
         from ablations.sweep.slurm import check_block
 
         slurm = check_block(slurm, where)
+    design = None
+    if raw.get("sequential") is not None:
+        design = design_from(raw["sequential"], f"{where}: sequential", axis=axis, seeds=seed_list)
 
     study = Study(
         name=name,
@@ -368,9 +384,33 @@ def parse_study(
         baseline=baseline,
         min_effect=float(min_effect),
         slurm=slurm,
+        sequential=design,
+        sequential_spec=dict(raw["sequential"]) if design is not None else None,
     )
     _check_configs(study, where)
     return study
+
+
+def design_from(spec: Any, where: str, *, axis: str | None, seeds: Sequence[int]) -> Design:
+    """A study file's ``sequential:`` block (``{}`` for the defaults) or the command line's settings → a checked
+    design whose seed order starts with the study's seeds."""
+    if axis is None:
+        raise StudyError(
+            f"{where}: a sequential design needs arms to compare (a study with an axis); a search study (TPE, "
+            "NSGA-II, random) has none"
+        )
+    if not isinstance(spec, Mapping):
+        raise StudyError(f"{where}: {spec!r}: a mapping with any of {list(SEQUENTIAL_KEYS)} ({{}} for the defaults)")
+    unknown = sorted(set(spec) - set(SEQUENTIAL_KEYS))
+    if unknown:
+        raise StudyError(f"{where}: unknown field(s) {unknown}; allowed {list(SEQUENTIAL_KEYS)}")
+    try:
+        return make_design(
+            looks=spec.get("looks"), alpha=spec.get("alpha"), boundary=spec.get("boundary"),
+            futility=spec.get("futility"), max_seeds=spec.get("max_seeds"), first_seeds=seeds, where=where,
+        )  # fmt: skip
+    except DesignError as error:
+        raise StudyError(str(error)) from None
 
 
 def _overrides(mapping: Any, where: str) -> tuple[tuple[str, Any], ...]:

@@ -10,9 +10,11 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.results import tables
+from ablations.results import noise, sequential, tables
 from ablations.results.frames import trial_frame, trial_records
 from ablations.results.jsonable import json_safe
+
+REPORT_DATA = Path("reports/data")  # the committed data the noise floor is read from (relative to the project)
 
 
 def trial_rows(optuna_study) -> list[dict[str, Any]]:
@@ -20,25 +22,29 @@ def trial_rows(optuna_study) -> list[dict[str, Any]]:
     return trial_records(optuna_study.get_trials(deepcopy=False))
 
 
-def comparison(study, optuna_study, *, geometry: Any = None) -> dict[str, Any]:
+def comparison(study, optuna_study, *, geometry: Any = None, floor: Any = None) -> dict[str, Any]:
     """The verdict tables of a grid study (``results.tables.study_tables``) or the points and Pareto front of
-    a search study."""
+    a search study. ``floor``: the profile's noise floor (``results.noise``), where measured."""
     df = trial_frame(optuna_study)
     if study.is_grid:
-        return tables.study_tables(study, df, geometry=geometry, short=True)
+        return tables.study_tables(study, df, geometry=geometry, short=True, floor=noise.value(floor))
     objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
     points, front = tables.search_frame(df, objectives)
     return {"points": points, "front": front, "display": tables.search_display(points, objectives)}
 
 
-def format_table(study, result: dict[str, Any], *, study_name: str, geometry: Any = None) -> str:
+def format_table(study, result: dict[str, Any], *, study_name: str, geometry: Any = None, floor: Any = None) -> str:
     title = f"{study_name}: {study.axis or 'search'} — {study.description.split('. ')[0] if study.description else ''}"
     lines = [title.rstrip(" —"), tables.render(result["display"], "text"), ""]
     if study.is_grid:
         lines.append(tables.headline(study, result))
+        if result.get("sequential") is not None:
+            lines += sequential.look_lines(study, result["sequential"])
         if geometry is not None:
             lines.append(f"geometry: {geometry.summary()}")
-        lines.append(tables.VERDICT_RULE)
+        lines.append(tables.verdict_rule(study))
+        lines.append(f"{noise.STUDY}: " + (floor.text() if floor is not None else "not measured for this profile "
+                                           f"(make sweep-{noise.STUDY}; its data in reports/data)"))  # fmt: skip
         lines.append(
             "train/infer img/s (trial): each trial's own figures, taken minutes apart (a record, not a comparison; "
             "`ablations report --bench` times the arms interleaved); overhead: each trial's time outside its optimiser "
@@ -58,8 +64,9 @@ def write_outputs(study, optuna_study, out_dir: Path, study_name: str) -> str:
     from ablations.sweep.geometry import study_geometry
 
     geometry = study_geometry(study) if study.is_grid else None
-    result = comparison(study, optuna_study, geometry=geometry)
-    text = format_table(study, result, study_name=study_name, geometry=geometry)
+    floor = noise.load(REPORT_DATA, study.profile) if study.is_grid and study.name != noise.STUDY else None
+    result = comparison(study, optuna_study, geometry=geometry, floor=floor)
+    text = format_table(study, result, study_name=study_name, geometry=geometry, floor=floor)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.md").write_text("```\n" + text + "\n```\n")
     frames = {k: v for k, v in result.items() if isinstance(v, pd.DataFrame) and k != "display"}

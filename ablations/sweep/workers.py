@@ -18,8 +18,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from ablations.results.sequential import look_lines
 from ablations.sweep import slurm
-from ablations.sweep.board import Board, claim, counts, mark_failed, settle
+from ablations.sweep.board import Board, claim, counts, mark_failed, outcome, settle
 from ablations.sweep.placement import Placement, from_env, placement, start_line, visible_devices, worker_env
 from ablations.sweep.progress import Progress, quiet_libraries
 from ablations.sweep.study import Study
@@ -34,6 +35,7 @@ def work(
     workers: int = 1,
     retry_failed: float | None = None,
     max_trials: int | None = None,
+    deadline: float | None = None,
     poll_s: float = 5.0,
     printer: Callable[[str], None] = print,
 ) -> int:
@@ -51,7 +53,7 @@ def work(
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
     try:
-        return _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, poll_s, printer)
+        return _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, deadline, poll_s, printer)
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
@@ -80,16 +82,21 @@ def _next_trial(study: Study, board: Board, retry_failed: float | None, printer)
     return None
 
 
-def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, poll_s, printer) -> int:
+def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, deadline, poll_s, printer) -> int:
     ran = 0
     placed = from_env()
+    looks = Looks(study, board, printer)
     while max_trials is None or ran < max_trials:
         if slurm.received() is not None:  # a SLURM worker told to stop (preempted, cancelled): no new claim
+            return ran
+        if deadline is not None and time.time() >= deadline:
+            printer(f"[{study.name}] --max-minutes reached: no new trial; the same command resumes the study")
             return ran
         board.check_storage()
         reaped = settle(study, board, retry_failed=retry_failed)
         if reaped:
             printer(f"[{study.name}] marked interrupted (their workers are gone) and queued again: trials {reaped}")
+        looks.say(retry_failed)
         trial = _next_trial(study, board, retry_failed, printer)
         if trial is None:
             if counts(study, board, retry_failed=retry_failed)["running"] == 0:
@@ -109,6 +116,24 @@ def _loop(study, board, out_dir, progress, requested, retry_failed, max_trials, 
         if requested.is_set():
             raise KeyboardInterrupt
     return ran
+
+
+class Looks:
+    """A sequential study's looks as they are decided: one line per look (its seeds, each arm's verdict so far and
+    the arms that go on), printed once by each worker that sees it."""
+
+    def __init__(self, study: Study, board: Board, printer) -> None:
+        self.study, self.board, self.printer = study, board, printer
+        self.seen: int | None = None
+
+    def say(self, retry_failed: float | None) -> None:
+        result = outcome(self.study, self.board, retry_failed=retry_failed)
+        if result is None or result.decided_looks == self.seen:
+            return
+        first = self.seen is None
+        self.seen = result.decided_looks
+        for line in look_lines(self.study, result, since=0 if first else result.decided_looks):
+            self.printer(line)
 
 
 def plan(
