@@ -122,7 +122,7 @@ def test_the_sweep_table_and_the_report_use_one_verdict(project, capsys):
     assert main(["sweep", "sweeps/toy.yaml", "--table-only"]) == 0
     table = capsys.readouterr().out
     assert "best: (1,2,1) (resolved better than every other arm)" in table
-    assert "better" in table and "Verdicts: Δ = arm − baseline, paired by seed" in table
+    assert "better" in table and "Verdicts: Δ = arm − baseline at the trials' last step, paired by seed" in table
 
 
 @pytest.mark.parametrize(
@@ -191,12 +191,22 @@ def test_the_wandb_report_run_is_written_offline_with_its_tables(project):
 
 
 def test_direction_of_our_verdict_against_the_paper():
-    assert direction(+0.57, stats.BETTER, 1.0) == "reproduced"
-    assert direction(+0.57, stats.WORSE, 1.0) == "opposite"
+    assert direction(+1.57, stats.BETTER, 1.0) == "reproduced"
+    assert direction(+1.57, stats.WORSE, 1.0) == "opposite"
     assert direction(+3.0, stats.EQUIVALENT, 1.0) == "not reproduced (equivalent here)"
     assert direction(+0.2, stats.EQUIVALENT, 1.0) == "consistent (both below min_effect)"
     assert direction(+1.2, stats.INCONCLUSIVE, 1.0) == "unresolved"
     assert direction(+1.2, stats.NOT_MEASURABLE, 1.0) == "not measurable here"
+
+
+def test_a_direction_is_claimed_only_as_far_as_both_verdicts_carry():
+    # a paper's Δ under one point is within the papers' own seed spread: no direction either way
+    assert direction(+0.57, stats.BETTER, 1.0) == "no direction (paper's |Δ| < 1 point)"
+    assert direction(+0.9, stats.EQUIVALENT, 0.5) == "no direction (paper's |Δ| < 1 point)"
+    # our interval admits |Δ| < min_effect: the verdict's sign, not its size, is resolved
+    assert direction(+2.0, stats.WORSE, 1.0, clears=False) == "unresolved (our interval admits |Δ| < min_effect)"
+    # a studied conv that sees only its centre tap: the network is not the paper's
+    assert direction(+2.0, stats.BETTER, 1.0, unanswerable="r6 only a centre tap") == "not answerable here"
 
 
 def test_an_arm_without_a_complete_run_is_listed_not_compared(project):

@@ -15,6 +15,8 @@ from the index (``readme_results``). The manual is ``docs/reports.md``.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +26,16 @@ import pandas as pd
 
 from ablations.ioutil import first_line
 from ablations.report import figures
-from ablations.report.papers import Published, crf_published, direction, load_papers, paper_frame, papers_for
-from ablations.results import names, stats, tables
+from ablations.report.papers import (
+    DIRECTION_RULE,
+    Published,
+    crf_published,
+    direction,
+    load_papers,
+    paper_frame,
+    papers_for,
+)
+from ablations.results import names, noise, stats, tables
 from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic
 from ablations.sweep.geometry import StudyGeometry, conv_label, study_geometry
 from ablations.sweep.study import Study, StudyError, load_study
@@ -49,6 +59,7 @@ class StudyReport:
     papers: list[tuple[Published, pd.DataFrame]] = field(default_factory=list)
     search: tuple[pd.DataFrame, list[str]] | None = None
     crf: pd.DataFrame | None = None  # the dense CRF's effect, where the trials ran it (eval.crf)
+    floor: noise.NoiseFloor | None = None  # the profile's noise floor, where measured (not on the A/A study itself)
 
     @property
     def name(self) -> str:
@@ -106,31 +117,75 @@ def load_inputs(
 # Analysis
 
 
-def analyse(study: Study, df: pd.DataFrame, meta: dict, speed: pd.DataFrame | None, papers: list[Published]):
-    report = StudyReport(study, df, meta, speed)
+def with_design(study: Study, meta: dict) -> Study:
+    """The study with the group-sequential design its data was run under (``meta["sequential"]``), if any."""
+    from ablations.results.sequential import Design
+
+    stored = meta.get("sequential")
+    return dataclasses.replace(study, sequential=Design.from_dict(stored)) if stored else study
+
+
+def analyse(
+    study: Study,
+    df: pd.DataFrame,
+    meta: dict,
+    speed: pd.DataFrame | None,
+    papers: list[Published],
+    floor: noise.NoiseFloor | None = None,
+):
+    study = with_design(study, meta)
+    report = StudyReport(study, df, meta, speed, floor=floor)
     if study.is_grid:
         report.geometry = study_geometry(study)
         entries = papers_for(papers, study.name)
+        answerable = unanswerable_arms(study, report.geometry)
 
         def published(comparisons: pd.DataFrame) -> pd.DataFrame | None:
-            report.papers = [(e, paper_frame(e, comparisons, study.baseline, study.min_effect)) for e in entries]
+            report.papers = [
+                (e, paper_frame(e, comparisons, study.baseline, study.min_effect, unanswerable=answerable))
+                for e in entries
+            ]
             return report.papers[0][1] if report.papers else None
 
-        report.tables = tables.study_tables(study, df, geometry=report.geometry, speed=speed, papers=published)
+        report.tables = tables.study_tables(
+            study, df, geometry=report.geometry, speed=speed, papers=published, floor=noise.value(floor)
+        )
+        df = tables.final_values(df, study)
         if names.MIOU_BEFORE_CRF in df.columns and df[names.MIOU_BEFORE_CRF].notna().any():
             frame = tables.crf_frame(
                 df, study.arm_labels, min_effect=study.min_effect, published=crf_published(papers, study.name)
             )
             if len(frame):
                 frame["direction"] = [
-                    "not published" if delta is None or pd.isna(delta) else direction(delta, v, 100 * study.min_effect)
-                    for delta, v in zip(frame["paper_delta"], frame["verdict"], strict=True)
+                    "not published"
+                    if delta is None or pd.isna(delta)
+                    else direction(
+                        delta, v, 100 * study.min_effect, clears="admits |Δ| < min_effect" not in (note or "")
+                    )
+                    for delta, v, note in zip(frame["paper_delta"], frame["verdict"], frame["note"], strict=True)
                 ]
             report.crf = frame if len(frame) else None
     else:
         objectives = [(o.metric, o.direction == "maximize") for o in study.objectives]
         report.search = tables.search_frame(df, objectives)
     return report
+
+
+def unanswerable_arms(study: Study, geometry: StudyGeometry | None) -> dict[str, str]:
+    """arm → why no direction is claimed for it against the paper: a studied conv of the arm or of the baseline is a
+    1×1 conv in disguise at this crop (only its centre tap on the map), so the network is not the one the paper ran."""
+    if geometry is None:
+        return {}
+    baseline = study.baseline or study.arm_labels[0]
+    base = geometry.arms.get(baseline)
+    out = {}
+    for arm, g in geometry.arms.items():
+        if arm == baseline:
+            continue
+        flat = [conv_label(n) for n in g.degenerate] + ([conv_label(n) for n in base.degenerate] if base else [])
+        if flat:
+            out[arm] = f"{', '.join(sorted(set(flat)))} only a centre tap at {geometry.crop}²"
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -170,6 +225,19 @@ def _setup(report: StudyReport) -> list[str]:
     ]
     if study.is_grid:
         lines.append(f"- **Baseline** `{study.baseline}`; **min_effect** {study.min_effect:g} mIoU")
+        lines.append("- **" + tables.COMPARED_VALUE.format(metric=f"`{study.objectives[0].metric}`")
+                     .replace(": ", "** ", 1))  # fmt: skip
+        missing = tables.best_only(tables.final_values(df, study))
+        if len(missing):
+            lines.append(
+                f"- **Left out** {len(missing)} trial(s) recorded before the last step's value was kept, whose best "
+                "validation was not their last (trials " + ", ".join(map(str, missing[names.TRIAL])) + ")"
+            )
+        lines.append(f"- **Design** {tables.design_text(study)}")
+        if report.floor is not None:
+            lines.append(f"- **Noise floor** {report.floor.text()}")
+        elif study.name != noise.STUDY:
+            lines.append(f"- **Noise floor** not measured for profile `{study.profile}` (`make sweep-{noise.STUDY}`)")
     return lines
 
 
@@ -186,25 +254,33 @@ def _data_text(study: Study) -> str:
     return f"{d.name} at {d.crop_size or d.image_size}² crops"
 
 
-def comparison_display(comparisons: pd.DataFrame) -> pd.DataFrame:
+def comparison_display(
+    comparisons: pd.DataFrame, floor: noise.NoiseFloor | None = None, *, sequential: bool = False
+) -> pd.DataFrame:
     rows = []
     for r in comparisons.to_dict("records"):
         if r["verdict"] == stats.BASELINE:
             continue
         level = r.get("level")
-        rows.append(
-            {
-                "arm": r[names.ARM],
-                "paired seeds": str(r.get("pairs", 0)),
-                "Δ": tables.fmt_num(r.get("delta"), "+.4f"),
-                "interval": "—" if tables.missing(r.get("low")) else f"[{r['low']:+.4f}, {r['high']:+.4f}]",
-                "level": "—" if tables.missing(level) else f"{100 * level:.2f} %",
-                "sd of Δ": tables.fmt_num(r.get("sd_diff"), ".4f"),
-                "Holm p": tables.fmt_num(r.get("p_holm"), ".4f"),
-                "verdict": r["verdict_label"],
-                "note": r.get("note") or "",
-            }
-        )
+        row = {
+            "arm": r[names.ARM],
+            "paired seeds": str(r.get("pairs", 0)),
+            "Δ": tables.fmt_num(r.get("delta"), "+.4f"),
+            "interval": "—" if tables.missing(r.get("low")) else f"[{r['low']:+.4f}, {r['high']:+.4f}]",
+            "level": "—" if tables.missing(level) else f"{100 * level:.2f} %",
+            "sd of Δ": tables.fmt_num(r.get("sd_diff"), ".4f"),
+        }
+        if floor is not None:
+            row[f"|Δ| vs floor {floor.value:.4f}"] = noise.for_column(floor, r.get("delta"))
+        if sequential:
+            row["look"] = tables.fmt_num(r.get("look"), ".0f")
+            row["p"] = tables.fmt_num(r.get("p"), ".2g")
+            row["boundary p"] = tables.fmt_num(r.get("boundary_p"), ".2g")
+        else:
+            row["Holm p"] = tables.fmt_num(r.get("p_holm"), ".4f")
+        row["verdict"] = r["verdict_label"]
+        row["note"] = r.get("note") or ""
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -270,8 +346,12 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
         lines += ["## Result", "", f"**{tables.headline(study, t)}.**", ""]
         if geometry is not None:
             lines += [f"**Geometry:** {geometry.summary()}.", ""]
-        lines += [tables.render(t["display"], "md"), "", tables.VERDICT_RULE, "", speed_note(report.meta), ""]
-        lines += ["## Δ against the baseline", "", tables.render(comparison_display(t["comparisons"]), "md"), ""]
+        lines += [tables.render(t["display"], "md"), "", tables.verdict_rule(study), "", speed_note(report.meta), ""]
+        shown = comparison_display(t["comparisons"], report.floor, sequential=study.sequential is not None)
+        lines += ["## Δ against the baseline", ""]
+        if report.floor is not None:
+            lines += [f"The profile's {report.floor.text()}.", ""]
+        lines += [tables.render(shown, "md"), ""]
         if report.crf is not None:
             lines += [
                 "## The CRF's effect",
@@ -287,8 +367,12 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
         if report.papers:
             lines += ["## The papers beside ours", "", PAPERS_CAVEAT.format(
                 model=_model_text(study), data=_data_text(study)), ""]  # fmt: skip
+            lines += [DIRECTION_RULE, ""]
             for entry, frame in report.papers:
-                lines += [f"**{entry.source}** — {entry.setup}", "", tables.render(papers_display(frame), "md"), ""]
+                lines += [f"**{entry.source}** — {entry.setup}", ""]
+                if entry.mismatch:
+                    lines += [f"*Not the same configuration as this study:* {entry.mismatch}", ""]
+                lines += [tables.render(papers_display(frame), "md"), ""]
         else:
             lines += ["## The papers beside ours", "", "No published number for this comparison.", ""]
         if geometry is not None:
@@ -349,8 +433,12 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
             out[f"tables/{name}.points.csv"] = to_csv(points)
         if "tex" in formats:
             out[f"tables/{name}.tex"] = tables.render(tables.search_display(points, objectives), "tex")
-    lines += ["## Reproduce", "", "```bash", f"make sweep-{name} SEEDS={','.join(map(str, study.seeds))}",
-              "make report", "```", ""]  # fmt: skip
+    command = f"make sweep-{name} SEEDS={','.join(map(str, study.seeds))}"
+    if study.sequential is not None:
+        d = study.sequential
+        command += (f" ARGS=\"--until-resolved --looks {','.join(map(str, d.looks))} --alpha {d.alpha:g} "
+                    f"--boundary {d.boundary} --futility {d.futility:g}\"")  # fmt: skip
+    lines += ["## Reproduce", "", "```bash", command, "make report", "```", ""]
     out[f"{name}.md"] = "\n".join(lines).replace("\n\n\n", "\n\n")
     return out
 
@@ -390,11 +478,45 @@ def _our_answer(report: StudyReport) -> str:
 
 
 def _directions(report: StudyReport) -> str:
+    """Every direction the study's page states, per published table (none left out)."""
     if not report.papers:
         return "—"
-    counts = report.papers[0][1]["direction"].value_counts()
-    keep = [f"{n} {d}" for d, n in counts.items() if d not in ("—", "not published")]
-    return ", ".join(sorted(keep)) or "—"
+    parts = []
+    for entry, frame in report.papers:
+        counts = frame["direction"].value_counts()
+        keep = ", ".join(sorted(f"{n} {d}" for d, n in counts.items() if d not in ("—", "not published")))
+        if keep:
+            parts.append(f"{entry.table.split(' (')[0]}: {keep}" if len(report.papers) > 1 else keep)
+    return "; ".join(parts) or "—"
+
+
+def report_wide(reports: Sequence[StudyReport]) -> str:
+    """How many better/worse verdicts survive a Benjamini–Hochberg correction over every comparison of every grid
+    study (the A/A noise-floor study left out): the per-study Holm verdicts say nothing about the report as a whole."""
+    rows = []
+    for r in reports:
+        if not r.study.is_grid or r.name == noise.STUDY or not r.tables:
+            continue
+        c = r.tables["comparisons"]
+        for row in c.to_dict("records"):
+            if row["verdict"] in (stats.BASELINE, stats.NOT_MEASURABLE):
+                continue
+            p = row.get("p")
+            if p is None or (isinstance(p, float) and math.isnan(p)):
+                continue
+            rows.append((r.name, row[names.ARM], float(p), row["verdict"]))
+    if not rows:
+        return "Report-wide: no comparison yet."
+    adjusted = stats.benjamini_hochberg([p for _, _, p, _ in rows])
+    claims = [(r, q) for r, q in zip(rows, adjusted, strict=True) if r[3] in (stats.BETTER, stats.WORSE)]
+    kept = sum(1 for _, q in claims if q <= 0.05)
+    studies = len({r[0] for r in rows})
+    return (
+        f"**Report-wide:** {len(rows)} comparisons in {studies} studies; {len(claims)} better/worse verdicts, of "
+        f"which {kept} survive a Benjamini–Hochberg correction at a 5 % false discovery rate over all {len(rows)} "
+        "raw p-values (each study's own verdicts control its family-wise error, not the report's; the p of a "
+        "sequential study is its last look's nominal one)."
+    )
 
 
 def pending_rows(study_files: Sequence[Path]) -> list[dict[str, str]]:
@@ -436,7 +558,12 @@ def render_index(
         "# Reports",
         "",
         "One line per study in `sweeps/`: the question, the published answer, ours with the paired verdicts, and "
-        "whether the run's crop can answer the question at all. " + tables.VERDICT_RULE,
+        "whether the run's crop can answer the question at all. " + tables.VERDICT_RULE + " Studies run under a "
+        "group-sequential design say so on their page, with the look each verdict came from.",
+        "",
+        report_wide(reports),
+        "",
+        DIRECTION_RULE,
         "",
         PAPERS_CAVEAT.format(model="each profile's network", data="its data") + " Each study's page "
         "has the setup (profile, crop, model, steps, device, seeds, commit).",
@@ -586,7 +713,7 @@ def generate(
     With ``readme`` (and ``index``), also rewrite that file's results block from the index just written
     (``update_readme``); ``ablations report`` passes the top-level README when it writes to ``reports/``."""
     from ablations.ioutil import check_readable_dir, check_writable_dir, redact
-    from ablations.results.frames import recorded_profile, storage_frames
+    from ablations.results.frames import recorded_design, recorded_profile, storage_frames, storage_validations
 
     # Every folder this reads or writes, before anything is read or computed.
     check_readable_dir("--sweeps", sweeps_dir, ResultsError)
@@ -610,6 +737,7 @@ def generate(
         raise ResultsError(f"study {unknown[0]!r}: no study file {sweeps_dir / (unknown[0] + '.yaml')}; "
                            f"studies are {sorted(files)}")  # fmt: skip
     refreshed: dict[str, pd.DataFrame] = {}
+    extras: dict[str, tuple[pd.DataFrame, dict | None]] = {}  # every validation, and the sequential design
     sources: dict[str, str] = {}
     profiles: dict[str, str | None] = {}
     if runs is not None:
@@ -626,11 +754,13 @@ def generate(
                 refreshed[name] = stored[name]
                 sources[name] = (runs / name / "optuna.db").as_posix()
                 profiles[name] = recorded_profile(url, name)
+                extras[name] = (storage_validations(url, name), recorded_design(url, name))
     if storage is not None:
         for name, df in storage_frames(storage, list(study_names) or None).items():
             refreshed[name] = df
             sources[name] = redact(storage)
             profiles[name] = recorded_profile(storage, name)
+            extras[name] = (storage_validations(storage, name), recorded_design(storage, name))
     wanted = [files[n] for n in (study_names or files)]
     skipped: list[str] = []
     # A study named with --study must have a complete trial; the others without one are left out, and said so.
@@ -647,6 +777,7 @@ def generate(
     commit = git_commit()
     writes: dict[Path, bytes | str] = {}
     reports = []
+    floors = _floors(inputs, data_dir, sweeps_dir)
     for study, df in inputs:
         meta_path = data_dir / f"{study.name}.meta.json"
         meta = _read_meta(meta_path)
@@ -657,6 +788,12 @@ def generate(
         if changed:  # an unchanged refresh keeps its record of where and by which commit the data came
             meta.update(storage=sources[study.name], commit=commit, profile=study.profile)
             writes[csv_path] = to_csv(df)
+            validations, design = extras.get(study.name, (None, None))
+            if validations is not None and len(validations):
+                writes[data_dir / f"{study.name}.validations.csv"] = to_csv(validations)
+            meta.pop("sequential", None)
+            if design:
+                meta["sequential"] = design
         if bench and study.is_grid:
             printer(f"[{study.name}] speed: every arm interleaved …")
             from ablations.report.speed import measure
@@ -667,7 +804,7 @@ def generate(
         if changed or bench:
             writes[meta_path] = json_text(meta)
         printer(f"[{study.name}] {len(df)} trials → {out_dir / (study.name + '.md')}")
-        report = analyse(study, df, meta, speed, papers)
+        report = analyse(study, df, meta, speed, papers, floor=_floor_for(study, floors))
         reports.append(report)
         for relative, content in render_study(report, formats).items():
             writes[out_dir / relative] = content
@@ -681,7 +818,7 @@ def generate(
                 speed_path = data_dir / f"{study.name}.speed.csv"
                 speed = read_csv(speed_path, (names.ARM,)) if speed_path.is_file() else None
                 meta = _read_meta(data_dir / f"{study.name}.meta.json")
-                indexed[study.name] = analyse(study, df, meta, speed, papers)
+                indexed[study.name] = analyse(study, df, meta, speed, papers, floor=_floor_for(study, floors))
         order = list(files)
         ordered = sorted(indexed.values(), key=lambda r: order.index(r.name))
         pending = pending_rows([files[n] for n in files if n not in indexed])
@@ -699,6 +836,29 @@ def generate(
             first = first_line(error, 200)
             printer(f"W&B: the report runs were not logged ({type(error).__name__}: {first}); the files are written")
     return reports
+
+
+def _floors(
+    inputs: Sequence[tuple[Study, pd.DataFrame]], data_dir: Path, sweeps_dir: Path
+) -> dict[str | None, noise.NoiseFloor]:
+    """The noise floor of each profile that has one: from the A/A study's trials among ``inputs`` (refreshed or
+    read), else from its committed CSV."""
+    out: dict[str | None, noise.NoiseFloor] = {}
+    for study, df in inputs:
+        if study.name == noise.STUDY:
+            floor = noise.measure(df, study)
+            if floor is not None:
+                out[study.profile] = floor
+    if not out:
+        meta = _read_meta(data_dir / f"{noise.STUDY}.meta.json")
+        floor = noise.load(data_dir, meta.get("profile"), sweeps_dir)
+        if floor is not None:
+            out[floor.profile] = floor
+    return out
+
+
+def _floor_for(study: Study, floors: dict[str | None, noise.NoiseFloor]) -> noise.NoiseFloor | None:
+    return None if study.name == noise.STUDY or not study.is_grid else floors.get(study.profile)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -14,10 +14,21 @@ from ablations.ioutil import load_yaml, read_text_file
 from ablations.results import names, stats
 from ablations.results.frames import ResultsError
 
-ENTRY_KEYS = {"study", "paper", "table", "setup", "verified", "values", "metric"}
+ENTRY_KEYS = {"study", "paper", "table", "setup", "verified", "values", "metric", "mismatch"}
 REPRODUCED, OPPOSITE, UNRESOLVED = "reproduced", "opposite", "unresolved"
 NOT_REPRODUCED = "not reproduced (equivalent here)"
 NO_EFFECT = "consistent (both below min_effect)"
+NOT_ANSWERABLE = "not answerable here"
+SMALL_PAPER = "no direction (paper's |Δ| < {:g} point)"
+SIZE_UNRESOLVED = "unresolved (our interval admits |Δ| < min_effect)"
+PAPER_MIN_DELTA = 1.0  # mIoU points: a published Δ smaller than this is within the papers' own seed spread
+DIRECTION_RULE = (
+    f"Direction: *reproduced* or *opposite* only when our verdict is better or worse with its whole interval beyond "
+    f"±min_effect and the paper's |Δ| is at least {PAPER_MIN_DELTA:g} point (published seed spreads are 0.3–1 "
+    "point); *not answerable here* where a studied conv of the arm or the baseline sees only its centre tap at the "
+    "crop; *not reproduced (equivalent here)* when we resolve equivalence and the paper's |Δ| is at least that; "
+    "otherwise no direction is claimed."
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class Published:
     verified: bool
     values: dict[str, float]
     metric: str = names.MIOU  # which of our metrics the values stand beside (val/before_crf/mIoU: before the CRF)
+    mismatch: str = ""  # how the paper's rows differ from the study's configuration, said beside them
 
     @property
     def source(self) -> str:
@@ -63,30 +75,56 @@ def load_papers(path: str | Path) -> list[Published]:
                 verified=bool(entry.get("verified", True)),
                 values={str(k): float(v) for k, v in values.items()},
                 metric=str(entry.get("metric", names.MIOU)),
+                mismatch=str(entry.get("mismatch", "")).strip(),
             )
         )
     return entries
 
 
-def direction(published_delta: float | None, verdict: str, min_effect_points: float) -> str:
-    """Does our verdict go the way the paper's Δ does?"""
+def direction(
+    published_delta: float | None,
+    verdict: str,
+    min_effect_points: float,
+    *,
+    clears: bool = True,
+    unanswerable: str = "",
+) -> str:
+    """Does our verdict go the way the paper's Δ does? Only as far as both carry (``DIRECTION_RULE``): ``clears``
+    says whether our interval (not only our estimate) lies beyond ±min_effect; ``unanswerable`` why the crop makes
+    this arm's network another one than the paper's ("" when it does not)."""
     if published_delta is None or verdict == stats.BASELINE:
         return "—"
     if verdict == stats.NOT_MEASURABLE:
         return "not measurable here"
+    if unanswerable:
+        return NOT_ANSWERABLE
+    small = abs(published_delta) < PAPER_MIN_DELTA
     if verdict in (stats.BETTER, stats.WORSE):
+        if not clears:
+            return SIZE_UNRESOLVED
+        if small:
+            return SMALL_PAPER.format(PAPER_MIN_DELTA)
         ours = 1 if verdict == stats.BETTER else -1
-        if abs(published_delta) < 1e-12:
-            return OPPOSITE
         return REPRODUCED if ours * published_delta > 0 else OPPOSITE
     if verdict == stats.EQUIVALENT:
-        return NO_EFFECT if abs(published_delta) < min_effect_points else NOT_REPRODUCED
+        if abs(published_delta) < min_effect_points:
+            return NO_EFFECT
+        return SMALL_PAPER.format(PAPER_MIN_DELTA) if small else NOT_REPRODUCED
     return UNRESOLVED
 
 
-def paper_frame(entry: Published, comparisons: pd.DataFrame, baseline: str, min_effect: float) -> pd.DataFrame:
+def paper_frame(
+    entry: Published,
+    comparisons: pd.DataFrame,
+    baseline: str,
+    min_effect: float,
+    *,
+    unanswerable: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """Per arm of the study: the published value (%), the published Δ against our baseline (points), our Δ
-    (points), our verdict and the direction. ``min_effect`` is in mIoU (0–1); papers report %."""
+    (points), our verdict and the direction. ``min_effect`` is in mIoU (0–1); papers report %. ``unanswerable``:
+    arm → why the crop makes its network another one than the paper's."""
+    unanswerable = unanswerable or {}
     base = entry.values.get(baseline)
     rows = []
     for c in comparisons.to_dict("records"):
@@ -104,11 +142,19 @@ def paper_frame(entry: Published, comparisons: pd.DataFrame, baseline: str, min_
                 "ours_delta_points": None if ours is None or _nan(ours) else 100 * ours,
                 "verdict": c["verdict_label"],
                 "direction": "—" if arm == baseline else (
-                    "not published" if delta is None else direction(delta, c["verdict"], 100 * min_effect)
+                    "not published" if delta is None else direction(
+                        delta, c["verdict"], 100 * min_effect, clears=not _admits_small(c),
+                        unanswerable=unanswerable.get(arm, ""),
+                    )
                 ),
             }
         )  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _admits_small(comparison: dict[str, Any]) -> bool:
+    """Whether a better/worse comparison's interval reaches inside ±min_effect (its note says so)."""
+    return "admits |Δ| < min_effect" in str(comparison.get("note") or "")
 
 
 def _nan(value: Any) -> bool:

@@ -64,6 +64,30 @@ def trial_records(trials: Iterable[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def validation_records(trials: Iterable[Any]) -> list[dict[str, Any]]:
+    """One row per validation of every trial that ran: trial, arm, seed, step and its scalar metrics (the trial's
+    ``validations`` attribute; trials from before it was recorded have none)."""
+    rows = []
+    for t in trials:
+        if ran_nothing(t):
+            continue
+        for entry in t.user_attrs.get(names.VALIDATIONS) or []:
+            row = {names.TRIAL: t.number, names.ARM: t.user_attrs.get("arm"), names.SEED: t.user_attrs.get("seed")}
+            row["step"] = entry.get("step")
+            row.update({k: v for k, v in entry.items() if k != "step" and isinstance(v, int | float)})
+            rows.append(row)
+    return rows
+
+
+def validation_frame(optuna_study: Any) -> pd.DataFrame:
+    """Every validation of every trial (:func:`validation_records`), in a fixed column and row order."""
+    records = validation_records(optuna_study.get_trials(deepcopy=False))
+    first = [names.TRIAL, names.ARM, names.SEED, "step"]
+    rest = sorted({k for r in records for k in r} - set(first))
+    df = pd.DataFrame.from_records(records, columns=first + rest)
+    return df.sort_values([names.TRIAL, "step"], kind="stable").reset_index(drop=True)
+
+
 def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Records → a frame with a fixed column order (trial columns, params, then the rest sorted by name), sorted
     by trial number, so that the same trials always give the same frame and the same CSV bytes."""
@@ -102,6 +126,21 @@ def storage_frames(url: str, study_names: Sequence[str] | None = None) -> dict[s
     if missing:
         raise ResultsError(f"storage {redact(url)}: no study {missing[0]!r}; it holds {sorted(available)}")
     return {n: trial_frame(optuna.load_study(study_name=n, storage=storage)) for n in wanted}
+
+
+def storage_validations(url: str, name: str) -> pd.DataFrame:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    return validation_frame(optuna.load_study(study_name=name, storage=storage))
+
+
+def recorded_design(url: str, name: str) -> dict[str, Any] | None:
+    """The group-sequential design stored with study ``name`` (``ablations.sweep.board.DESIGN_ATTR``), if any."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage).user_attrs.get("sequential")
 
 
 def recorded_profile(url: str, name: str) -> str | None:

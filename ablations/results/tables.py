@@ -43,10 +43,40 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
     return df[df[names.STATE] == names.COMPLETE]
 
 
+def final_values(df: pd.DataFrame, study: Any) -> pd.DataFrame:
+    """``df`` with ``final_step`` filled in for trials recorded before it was: their ``val/*`` are the best
+    validation's, which is the last step's only when ``best_step`` is the arm's ``train.max_steps``; for the others
+    the last step's value is unknown (``final_step`` stays empty) and no comparison uses them."""
+    if not getattr(study, "is_grid", False) or names.BEST_STEP not in df.columns:
+        return df
+    out = df.copy()
+    if names.FINAL_STEP not in out.columns:
+        out[names.FINAL_STEP] = math.nan
+    legacy = out[names.FINAL_STEP].isna() & pd.to_numeric(out[names.BEST_STEP], errors="coerce").notna()
+    if not legacy.any():
+        return out
+    seed = study.seeds[0]
+    last = {arm: study.resolve(arm, seed).train.max_steps for arm in study.arm_labels}
+    expected = out[names.ARM].astype(str).map(last)
+    final = legacy & (pd.to_numeric(out[names.BEST_STEP], errors="coerce") == expected)
+    out.loc[final, names.FINAL_STEP] = out.loc[final, names.BEST_STEP]
+    return out
+
+
+def best_only(df: pd.DataFrame) -> pd.DataFrame:
+    """Complete trials whose last step's value is unknown (recorded only their best validation)."""
+    if names.FINAL_STEP not in df.columns:
+        return df.iloc[:0]
+    return completed(df)[completed(df)[names.FINAL_STEP].isna()]
+
+
 def seed_values(df: pd.DataFrame, metric: str = names.MIOU) -> dict[str, dict[int, float]]:
-    """arm → seed → value of ``metric`` over complete trials (the last complete trial of an arm × seed wins)."""
+    """arm → seed → value of ``metric`` at the trial's last step, over complete trials (the last complete trial of
+    an arm × seed wins); a trial whose last step's value is unknown (:func:`final_values`) is left out."""
     out: dict[str, dict[int, float]] = {}
     done = completed(df).dropna(subset=[metric]).sort_values(names.TRIAL)
+    if names.FINAL_STEP in done.columns:
+        done = done[done[names.FINAL_STEP].notna()]
     for arm, seed, value in done[[names.ARM, names.SEED, metric]].itertuples(index=False, name=None):
         out.setdefault(str(arm), {})[int(seed)] = float(value)
     return out
@@ -76,6 +106,7 @@ def arm_frame(df: pd.DataFrame, arms: Sequence[str] | None = None, metric: str =
             "failed": len(failed),
             "failures": ", ".join(sorted(set(failed[names.FAILURE].astype(str)))),
             "pruned": int((mine[names.STATE] == names.PRUNED).sum()),
+            "best_only": len(best_only(mine)),
             "interrupted": len(interrupted),
             "seeds": tuple(sorted(per_seed)),
             "per_seed": tuple(per_seed[s] for s in sorted(per_seed)),
@@ -103,6 +134,7 @@ def comparison_frame(
     arms: Sequence[str] | None = None,
     identical_to: Mapping[str, str] | None = None,
     unmeasurable: Mapping[str, str] | None = None,
+    floor: float = 0.0,
 ) -> pd.DataFrame:
     """Every arm against ``baseline`` (paired per seed, Holm across the arms; ``stats`` holds the rule)."""
     values = seed_values(df, metric)
@@ -132,8 +164,9 @@ def comparison_frame(
                 rows.append({names.ARM: arm, "verdict": stats.INCONCLUSIVE, "pairs": 0, "verdict_label": label})
         return pd.DataFrame(rows)
     for c in stats.compare_arms(
-        values, baseline, min_effect=min_effect, maximize=maximize, identical_to=identical_to, unmeasurable=unmeasurable
-    ):
+        values, baseline, min_effect=min_effect, maximize=maximize, identical_to=identical_to,
+        unmeasurable=unmeasurable, floor=floor,
+    ):  # fmt: skip
         i = c.interval
         rows.append(
             {
@@ -150,9 +183,76 @@ def comparison_frame(
                 "verdict_label": c.label,
                 "seeds_needed": c.seeds_needed,
                 "note": c.note,
+                "p": i.p,
             }
         )
     return pd.DataFrame(rows)
+
+
+def settled_pairs(df: pd.DataFrame) -> set[tuple[str, int]]:
+    """The (arm, seed) pairs with a finished trial: complete, or failed for a reason a re-run would repeat."""
+    done = df[(df[names.STATE] == names.COMPLETE) | (
+        (df[names.STATE] == names.FAIL) & df[names.FAILURE].isin(names.FINISHED_FAILURES)
+    )]  # fmt: skip
+    return {(str(a), int(s)) for a, s in done[[names.ARM, names.SEED]].itertuples(index=False, name=None)}
+
+
+def sequential_frame(
+    df: pd.DataFrame,
+    study: Any,
+    *,
+    compared: Sequence[str],
+    identical_to: Mapping[str, str] | None = None,
+    unmeasurable: Mapping[str, str] | None = None,
+    floor: float = 0.0,
+) -> tuple[pd.DataFrame, Any]:
+    """The comparison frame of a study run under a group-sequential design (``study.sequential``): every arm's
+    verdict from ``sequential.decide`` (the look it came from, the interval at that look's level), and the outcome."""
+    from ablations.results.sequential import RUNNING, decide
+
+    objective = study.objectives[0]
+    baseline = study.baseline or study.arm_labels[0]
+    design = study.sequential
+    values = seed_values(df, objective.metric)
+    result = decide(
+        values, baseline, list(compared), design, min_effect=study.min_effect,
+        maximize=objective.direction == "maximize", floor=floor, settled=settled_pairs(df),
+    )  # fmt: skip
+    used = {s for a, s in result.pairs if a == baseline}
+    rows = [
+        {
+            names.ARM: baseline, "delta": 0.0, "low": math.nan, "high": math.nan, "level": math.nan, "method": "",
+            "pairs": len(used & set(values.get(baseline, {}))), "sd_diff": math.nan, "p_holm": math.nan,
+            "verdict": stats.BASELINE, "verdict_label": stats.BASELINE, "seeds_needed": None, "note": "",
+            "look": math.nan, "p": math.nan, "boundary_p": math.nan,
+        }
+    ]  # fmt: skip
+    for arm in arm_order(df, study.arm_labels):
+        if arm == baseline:
+            continue
+        if arm in (identical_to or {}) or arm in (unmeasurable or {}):
+            why = f"same network as {identical_to[arm]} here" if arm in (identical_to or {}) else unmeasurable[arm]
+            rows.append({names.ARM: arm, "verdict": stats.NOT_MEASURABLE, "verdict_label": stats.NOT_MEASURABLE,
+                         "note": why, "pairs": 0, "seeds_needed": None})  # fmt: skip
+            continue
+        state = result.states.get(arm)
+        if state is None:
+            continue
+        i = state.interval
+        k, looks = state.look, design.looks
+        if state.verdict == RUNNING:
+            label = f"running: look {k + 1} of {len(looks)} ({looks[k]} seeds) next" if k < len(looks) else "running"
+        else:
+            label = f"{state.verdict} (look {k} of {len(looks)}, {i.n} seeds)"
+        rows.append(
+            {
+                names.ARM: arm, "delta": i.delta, "low": i.low, "high": i.high, "level": i.level, "method": i.method,
+                "pairs": i.n, "sd_diff": i.sd, "p_holm": math.nan, "verdict": state.verdict, "verdict_label": label,
+                "seeds_needed": None, "note": state.note, "look": k or math.nan, "p": i.p,
+                "boundary_p": state.boundary_p if k else math.nan,
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows), result
 
 
 def interval_text(row: Mapping[str, Any]) -> str:
@@ -178,6 +278,8 @@ def runs_text(row: Mapping[str, Any]) -> str:
         parts.append(f"{row['pruned']} pruned")
     if row.get("interrupted"):
         parts.append(f"{row['interrupted']} interrupted")
+    if row.get("best_only"):
+        parts.append(f"{row['best_only']} without a last-step value")
     return ", ".join(parts)
 
 
@@ -280,25 +382,11 @@ def render(display: pd.DataFrame, fmt: str = "md") -> str:
     return table
 
 
-def study_tables(
-    study: Any,
-    df: pd.DataFrame,
-    *,
-    geometry: Any = None,
-    speed: pd.DataFrame | None = None,
-    papers: Callable[[pd.DataFrame], pd.DataFrame | None] | None = None,
-    short: bool = False,
-) -> dict[str, Any]:
-    """Everything a study's table needs, for a grid study (``study.is_grid``): the per-arm frame, the comparison
-    frame, the resolved best arm (or None) and the display frame. ``geometry`` is an
-    ``ablations.sweep.geometry.StudyGeometry`` (arms that are the same network are labelled *not measurable*);
-    ``papers`` turns the comparison frame into the published-number columns (``report.papers.paper_frame``)."""
-    objective = study.objectives[0]
-    maximize = objective.direction == "maximize"
-    arms = arm_frame(df, study.arm_labels, objective.metric)
+def arm_roles(study: Any, geometry: Any) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Which arms a study's geometry keeps out of the comparison: (identical: arm → the baseline, when the arm
+    builds the baseline's network and so measures nothing; repeats: arm → the other arm whose network it repeats,
+    compared as usual and counted once for "best"; unmeasurable: arm → why its run cannot measure its setting)."""
     baseline = study.baseline or study.arm_labels[0]
-    # An arm that is the baseline's network at this geometry measures nothing; one that repeats another arm's
-    # network is compared as usual (its Δ is that network's, measured again) and counted once for "best".
     identical, repeats = {}, {}
     unmeasurable = dict(geometry.unmeasurable) if geometry is not None else {}
     unmeasurable.pop(baseline, None)  # a baseline that cannot measure makes every verdict moot: the page says so
@@ -308,36 +396,87 @@ def study_tables(
                 identical[arm] = baseline if arm != baseline else other
             else:
                 repeats[arm] = other
-    comparisons = comparison_frame(
-        df,
-        baseline=baseline,
-        min_effect=study.min_effect,
-        maximize=maximize,
-        metric=objective.metric,
-        arms=study.arm_labels,
-        identical_to=identical,
-        unmeasurable=unmeasurable,
-    )
+    return identical, repeats, unmeasurable
+
+
+_COMPARED: dict[tuple, tuple[str, ...]] = {}
+
+
+def compared_arms(study: Any) -> tuple[str, ...]:
+    """The arms a study compares with its baseline: all but those its geometry shows to be the baseline's network
+    or unable to measure their setting (computed once per process and study)."""
+    key = (str(study.path), study.fingerprint())
+    if key not in _COMPARED:
+        from ablations.sweep.geometry import study_geometry
+
+        identical, _, unmeasurable = arm_roles(study, study_geometry(study))
+        _COMPARED[key] = tuple(a for a in study.arm_labels if a not in identical and a not in unmeasurable)
+    return _COMPARED[key]
+
+
+def study_tables(
+    study: Any,
+    df: pd.DataFrame,
+    *,
+    geometry: Any = None,
+    speed: pd.DataFrame | None = None,
+    papers: Callable[[pd.DataFrame], pd.DataFrame | None] | None = None,
+    short: bool = False,
+    floor: float = 0.0,
+) -> dict[str, Any]:
+    """Everything a study's table needs, for a grid study (``study.is_grid``): the per-arm frame, the comparison
+    frame, the resolved best arm (or None) and the display frame. ``geometry`` is an
+    ``ablations.sweep.geometry.StudyGeometry`` (arms that are the same network are labelled *not measurable*);
+    ``papers`` turns the comparison frame into the published-number columns (``report.papers.paper_frame``)."""
+    objective = study.objectives[0]
+    maximize = objective.direction == "maximize"
+    df = final_values(df, study)
+    arms = arm_frame(df, study.arm_labels, objective.metric)
+    baseline = study.baseline or study.arm_labels[0]
+    identical, repeats, unmeasurable = arm_roles(study, geometry)
+    result = None
+    if getattr(study, "sequential", None) is not None:
+        compared = [a for a in study.arm_labels if a not in identical and a not in unmeasurable]
+        comparisons, result = sequential_frame(
+            df, study, compared=compared, identical_to=identical, unmeasurable=unmeasurable, floor=floor
+        )
+    else:
+        comparisons = comparison_frame(
+            df,
+            baseline=baseline,
+            min_effect=study.min_effect,
+            maximize=maximize,
+            metric=objective.metric,
+            arms=study.arm_labels,
+            identical_to=identical,
+            unmeasurable=unmeasurable,
+            floor=floor,
+        )
     for arm, other in repeats.items():
         row = comparisons[names.ARM] == arm
-        comparisons.loc[row, "note"] = f"same network as {other} here (the rates it differs in are 1×1 convs)"
+        repeat = f"same network as {other} here (the rates it differs in are 1×1 convs)"
+        comparisons.loc[row, "note"] = [f"{n}; {repeat}" if n else repeat for n in comparisons.loc[row, "note"]]
     values = {
         a: v
         for a, v in seed_values(df, objective.metric).items()
         if a not in identical and a not in repeats and a not in unmeasurable
     }
-    best = stats.resolved_best(values, min_effect=study.min_effect, maximize=maximize)
+    if result is None:
+        best = stats.resolved_best(values, min_effect=study.min_effect, maximize=maximize)
+    else:  # the design compares each arm with the baseline only: the baseline is best when every arm is worse
+        verdicts = [s.verdict for s in result.states.values()]
+        best = baseline if verdicts and all(v == stats.WORSE for v in verdicts) else None
     notes = {a: g.note() for a, g in geometry.arms.items()} if geometry is not None else None
     published = papers(comparisons) if papers is not None else None
     display = study_frame(arms, comparisons, best=best, geometry=notes, speed=speed, papers=published, short=short)
-    return {"arms": arms, "comparisons": comparisons, "best": best, "display": display}
+    return {"arms": arms, "comparisons": comparisons, "best": best, "display": display, "sequential": result}
 
 
 def headline(study: Any, tables: Mapping[str, Any]) -> str:
     """One line under a study's table: which arm is resolved best, or that none is, and the verdict counts."""
     comparisons = tables["comparisons"]
     counts = comparisons[comparisons["verdict"] != stats.BASELINE]["verdict"].value_counts()
-    kinds = (stats.BETTER, stats.WORSE, stats.EQUIVALENT, stats.INCONCLUSIVE, stats.NOT_MEASURABLE)
+    kinds = (stats.BETTER, stats.WORSE, stats.EQUIVALENT, stats.INCONCLUSIVE, stats.NOT_MEASURABLE, "running")
     tally = ", ".join(f"{counts[v]} {v}" for v in kinds if v in counts)
     baseline = study.baseline or study.arm_labels[0]
     best = tables["best"]
@@ -346,10 +485,45 @@ def headline(study: Any, tables: Mapping[str, Any]) -> str:
 
 
 VERDICT_RULE = (
-    "Verdicts: Δ = arm − baseline, paired by seed; interval = t-interval at the Holm level of the arm's rank; "
-    "better/worse needs ≥ 3 paired seeds, a Holm-adjusted p < 0.05 and |Δ| ≥ min_effect; equivalent: the whole "
-    "interval within ±min_effect; otherwise inconclusive, with the seeds that would give 80 % power at min_effect."
+    "Verdicts: Δ = arm − baseline at the trials' last step, paired by seed; interval = t-interval at the Holm level of "
+    "the arm's rank; better/worse needs ≥ 3 paired seeds, a Holm-adjusted p < 0.05 and |Δ| ≥ min_effect (and beyond "
+    "the noise floor, where measured); equivalent: the whole interval within ±min_effect; otherwise inconclusive, "
+    "with the seeds that would give an 80 % chance of a resolved verdict if Δ and its sd were the observed ones "
+    "(fixed-n, at the strictest Holm level α/m; an sd from 3 seeds is itself uncertain by ×0.5 to ×6)."
 )
+COMPARED_VALUE = (
+    "Compared value: each trial's {metric} at its last step (the last validation); the best validation and its "
+    "checkpoint are kept as a record, never compared."
+)
+
+
+def design_text(study: Any) -> str:
+    """The design a study's verdicts come from, in one sentence: its sequential design, or the fixed seeds."""
+    design = getattr(study, "sequential", None)
+    if design is not None:
+        return _sentence(design.describe())
+    seeds = ", ".join(map(str, study.seeds))
+    return (
+        f"Fixed design: seeds {seeds}, one look; Holm across the arms at α = {stats.ALPHA:g}. "
+        + VERDICT_RULE.removeprefix("Verdicts: ")
+    )
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def verdict_rule(study: Any) -> str:
+    """The rule under a study's table: the fixed one, or the sequential design's."""
+    design = getattr(study, "sequential", None)
+    if design is None:
+        return VERDICT_RULE
+    return (
+        "Verdicts: Δ = arm − baseline at the trials' last step, paired by seed, at the look each verdict came from; "
+        "better/worse: the arm's null rejected at a look's boundary and |Δ| ≥ min_effect (and beyond the noise floor, "
+        "where measured); equivalent: the interval at the look's equivalence level within ±min_effect; otherwise "
+        "inconclusive (after the last look, or stopped for futility). " + _sentence(design.describe())
+    )
 
 
 def crf_frame(
@@ -373,7 +547,7 @@ def crf_frame(
         interval = stats.compare(after[arm], before[arm], alpha=level)
         verdict, note = stats.verdict(interval, p_holm, min_effect)
         needed = (
-            stats.seeds_needed(interval.sd, min_effect, alpha=stats.ALPHA / len(order))
+            stats.seeds_needed(interval.delta, interval.sd, min_effect, alpha=stats.ALPHA / len(order))
             if verdict == stats.INCONCLUSIVE and interval.method == "paired"
             else None
         )
@@ -399,6 +573,7 @@ def crf_frame(
                 "p_holm": p_holm,
                 "verdict": verdict,
                 "verdict_label": label + (f" — {note}" if note else ""),
+                "note": note,
                 "boundary_before": mean(names.BOUNDARY_MIOU_BEFORE_CRF),
                 "boundary_after": mean(names.BOUNDARY_MIOU),
                 "crf_ms": mean(names.CRF_MS),
