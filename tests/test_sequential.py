@@ -165,3 +165,14 @@ def test_a_bad_design_is_one_line_naming_the_field(kwargs, message):
     with pytest.raises(DesignError, match=r"^sequential: ") as error:
         make_design(**kwargs)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_noise_floor_a_design_is_stored_with_is_not_part_of_its_identity():
+    import dataclasses
+
+    from ablations.results.sequential import Design
+
+    design = make_design(first_seeds=(0, 1, 2))
+    later = dataclasses.replace(design, floor=0.0138)
+    assert Design.from_dict(later.to_dict()) == later and later.identity() == design.identity()
+    assert Design.from_dict({k: v for k, v in design.to_dict().items() if k != "floor"}).floor == 0.0

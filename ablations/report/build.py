@@ -350,7 +350,7 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
         shown = comparison_display(t["comparisons"], report.floor, sequential=study.sequential is not None)
         lines += ["## Δ against the baseline", ""]
         if report.floor is not None:
-            lines += [f"The profile's {report.floor.text()}.", ""]
+            lines += [f"The profile's noise floor: {report.floor.text()}.", ""]
         lines += [tables.render(shown, "md"), ""]
         if report.crf is not None:
             lines += [

@@ -35,7 +35,7 @@ class NoiseFloor:
 
     def text(self) -> str:
         return (
-            f"noise floor {self.value:.4f} mIoU (`{STUDY}` study, profile `{self.profile}`: `{self.arms[1]}` − "
+            f"{self.value:.4f} mIoU (`{STUDY}` study, profile `{self.profile}`: `{self.arms[1]}` − "
             f"`{self.arms[0]}`, the same function on two floating-point paths, {self.pairs} paired seeds: Δ "
             f"{self.delta:+.4f} [{self.low:+.4f}, {self.high:+.4f}] at 95 %, sd of the per-seed differences "
             f"{self.sd:.4f}); a |Δ| within it is never called better or worse"

@@ -80,10 +80,17 @@ class Design:
     boundary: str = "obrien-fleming"
     futility: float = DEFAULT_FUTILITY
     seeds: tuple[int, ...] = ()
+    # The profile's noise floor when the design was stored (``results.noise``): a |Δ| within it is not better or
+    # worse, so such an arm goes on to the next look. Not part of the design's identity (``identity``).
+    floor: float = 0.0
 
     @property
     def max_seeds(self) -> int:
         return self.looks[-1]
+
+    def identity(self) -> dict[str, Any]:
+        """What a stored design must match for a sweep to continue it: looks, α, boundary, futility, seed order."""
+        return {k: v for k, v in self.to_dict().items() if k != "floor"}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +99,7 @@ class Design:
             "boundary": self.boundary,
             "futility": self.futility,
             "seeds": list(self.seeds),
+            "floor": self.floor,
         }
 
     @classmethod
@@ -102,6 +110,7 @@ class Design:
             boundary=str(data["boundary"]),
             futility=float(data["futility"]),
             seeds=tuple(int(s) for s in data.get("seeds", ())),
+            floor=float(data.get("floor", 0.0)),
         )
 
     def describe(self) -> str:
@@ -118,6 +127,7 @@ class Design:
             f"{BOUNDARY_NAMES[self.boundary]} boundaries for each arm's paired t, shares of α = {self.alpha:g} "
             f"split and passed on by graphical Holm (family-wise error ≤ α over all arms and looks); equivalence "
             f"as its own family (false equivalent ≤ α/2); {futility}; seeds added only to unresolved arms"
+            + (f"; an arm whose |Δ| is within the noise floor {self.floor:.4f} goes on" if self.floor > 0 else "")
         )
 
 

@@ -11,6 +11,7 @@ these functions, so one verdict rule (``stats``) reaches every table the project
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -216,8 +217,14 @@ def sequential_frame(
     values = seed_values(df, objective.metric)
     result = decide(
         values, baseline, list(compared), design, min_effect=study.min_effect,
-        maximize=objective.direction == "maximize", floor=floor, settled=settled_pairs(df),
+        maximize=objective.direction == "maximize", floor=design.floor, settled=settled_pairs(df),
     )  # fmt: skip
+    # The seeds ran as the design decided with the floor it was stored with; a floor measured later (larger) only
+    # takes claims back: a better/worse |Δ| within it becomes inconclusive.
+    for arm, state in list(result.states.items()):
+        if state.verdict in (stats.BETTER, stats.WORSE) and abs(state.interval.delta) <= floor:
+            note = f"|Δ| is within the noise floor {floor:.4f} (measured after this look)"
+            result.states[arm] = dataclasses.replace(state, verdict=stats.INCONCLUSIVE, note=note)
     used = {s for a, s in result.pairs if a == baseline}
     rows = [
         {

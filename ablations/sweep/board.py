@@ -145,13 +145,14 @@ def _stored_design(optuna_study: optuna.Study, study: Study, study_name: str):
             )
         optuna_study.set_user_attr(DESIGN_ATTR, study.sequential.to_dict())
         return study.sequential
-    if stored != study.sequential.to_dict():
+    kept = Design.from_dict(stored)
+    if kept.identity() != study.sequential.identity():
         raise SweepError(
-            f"study {study_name!r} in this storage runs the sequential design {stored}; now "
-            f"{study.sequential.to_dict()}. A design cannot change once its looks have begun: run it as stored "
+            f"study {study_name!r} in this storage runs the sequential design {kept.identity()}; now "
+            f"{study.sequential.identity()}. A design cannot change once its looks have begun: run it as stored "
             "(drop the design options), or use --study-name NEW or another --out/--storage"
         )
-    return study.sequential
+    return kept  # with the noise floor it was stored with
 
 
 def _beyond(trial: FrozenTrial, study: Study) -> bool:
@@ -269,7 +270,7 @@ def outcome(study: Study, board: Board, *, retry_failed: float | None = None, tr
     objective = study.objectives[0]
     return decide(
         values, study.baseline or study.arm_labels[0], compared_arms(study), design,
-        min_effect=study.min_effect, maximize=objective.direction == "maximize", settled=settled,
+        min_effect=study.min_effect, maximize=objective.direction == "maximize", settled=settled, floor=design.floor,
     )  # fmt: skip
 
 

@@ -79,6 +79,8 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
             budget=request.budget,
         )  # fmt: skip
     study = _with_design(study, request)
+    if not request.until_resolved and study.sequential is not None:  # the study file's sequential: block
+        study = dataclasses.replace(study, sequential=_with_floor(study.sequential, study))
     warnings: list[str] = []
     if not request.worker and not request.table_only and not request.status:
         from ablations.sweep.geometry import startup_warnings
@@ -157,7 +159,17 @@ def _with_design(study: Study, request: SweepRequest) -> Study:
                 spec.pop(key, None)
     spec.update(request.design)
     design = design_from(spec, "--until-resolved", axis=study.axis, seeds=study.seeds)
-    return dataclasses.replace(study, sequential=design, sequential_spec=spec)
+    return dataclasses.replace(study, sequential=_with_floor(design, study), sequential_spec=spec)
+
+
+def _with_floor(design, study: Study):
+    """The design with the profile's committed noise floor (``reports/data``), which a new design is stored with."""
+    from ablations.results import noise
+    from ablations.sweep.summary import REPORT_DATA
+
+    if design is None or study.name == noise.STUDY:
+        return design
+    return dataclasses.replace(design, floor=noise.value(noise.load(REPORT_DATA, study.profile)))
 
 
 def _status(study: Study, name: str, out_dir: Path, storage: str | None, printer) -> SweepOutcome:
@@ -220,11 +232,14 @@ def _submit(request, study, board, name, url, out_dir, opts, started, retry, war
 
 
 def _start_line(study: Study, name: str, url: str, out_dir: Path) -> str:
-    size = (
-        f"{study.total} trials ({len(study.arms)} arms × {len(study.seeds)} seeds)"
-        if study.is_grid
-        else f"{study.total} trials sampled by {study.sampler}"
-    )
+    if study.sequential is not None:
+        d = study.sequential
+        size = (f"up to {study.total} trials ({len(study.arms)} arms × up to {d.max_seeds} seeds; sequential looks at "
+                f"{', '.join(map(str, d.looks))} seeds, α {d.alpha:g}, {d.boundary})")  # fmt: skip
+    elif study.is_grid:
+        size = f"{study.total} trials ({len(study.arms)} arms × {len(study.seeds)} seeds)"
+    else:
+        size = f"{study.total} trials sampled by {study.sampler}"
     auto = (
         f" (auto: {'a CUDA GPU' if study.profile == 'faithful' else 'no CUDA GPU'} here)"
         if study.requested_profile == "auto"

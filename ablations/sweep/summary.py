@@ -43,7 +43,7 @@ def format_table(study, result: dict[str, Any], *, study_name: str, geometry: An
         if geometry is not None:
             lines.append(f"geometry: {geometry.summary()}")
         lines.append(tables.verdict_rule(study))
-        lines.append(f"{noise.STUDY}: " + (floor.text() if floor is not None else "not measured for this profile "
+        lines.append("noise floor: " + (floor.text() if floor is not None else "not measured for this profile "
                                            f"(make sweep-{noise.STUDY}; its data in reports/data)"))  # fmt: skip
         lines.append(
             "train/infer img/s (trial): each trial's own figures, taken minutes apart (a record, not a comparison; "
