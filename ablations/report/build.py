@@ -387,7 +387,9 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
             ]
         figs = {
             f"figures/{name}-seeds.png": figures.seeds_figure(t["arms"], name),
-            f"figures/{name}-forest.png": figures.forest_figure(t["comparisons"], study.min_effect, name),
+            f"figures/{name}-forest.png": figures.forest_figure(
+                t["comparisons"], study.min_effect, name, noise.value(report.floor)
+            ),
         }
         points = t["arms"].copy()
         spec = {}

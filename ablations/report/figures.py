@@ -67,27 +67,44 @@ def seeds_figure(arms: pd.DataFrame, title: str, metric_label: str = "val mIoU")
     return _png(figure)
 
 
-def forest_figure(comparisons: pd.DataFrame, min_effect: float, title: str) -> bytes:
-    """Δ against the baseline with each arm's Holm-level interval, 0 and the ±min_effect band."""
+def forest_figure(comparisons: pd.DataFrame, min_effect: float, title: str, floor: float = 0.0) -> bytes:
+    """Δ against the baseline with each arm's interval (at its Holm level, or at its look's level under a sequential
+    design), 0, the ±min_effect band and the noise floor. Intervals wider than the view (an early look's boundary is
+    strict) are cut at its edge, with an arrow."""
     plt = _pyplot()
     rows = [r for r in comparisons.to_dict("records") if r["verdict"] != rstats.BASELINE]
     figure, axes = plt.subplots(figsize=(6.0, 0.45 * len(rows) + 1.3))
     axes.axvspan(-min_effect, min_effect, color="0.9", zorder=0)
+    if floor > 0:
+        for side in (-floor, floor):
+            axes.axvline(side, color="C3", linewidth=0.8, linestyle=":")
     axes.axvline(0, color="0.5", linewidth=0.8)
+    deltas = [abs(r["delta"]) for r in rows if not tables_missing(r.get("delta"))]
+    edge = max([4 * min_effect, 2 * floor, *(1.5 * d for d in deltas)])
     for y, r in enumerate(rows):
         delta = r.get("delta")
-        if delta is None or (isinstance(delta, float) and math.isnan(delta)):
+        if tables_missing(delta):
             continue
         low, high = r.get("low"), r.get("high")
-        if low is not None and not math.isnan(low) and not math.isinf(low):
-            axes.hlines(y, low, high, color="C0", linewidth=1.5)
+        if not tables_missing(low) and not tables_missing(high):
+            axes.hlines(y, max(low, -edge), min(high, edge), color="C0", linewidth=1.5)
+            for end, cut in ((low, -edge), (high, edge)):
+                if (end < cut) if cut < 0 else (end > cut):
+                    axes.plot(cut, y, "<" if cut < 0 else ">", color="C0", markersize=5)
         axes.plot(delta, y, "o", color="C0")
         axes.annotate(r["verdict_label"], (1.01, y), xycoords=("axes fraction", "data"), fontsize=7, va="center")
+    axes.set_xlim(-1.08 * edge, 1.08 * edge)
     axes.set_yticks(range(len(rows)), [r[names.ARM] for r in rows])
     axes.invert_yaxis()
-    axes.set_xlabel(f"Δ mIoU vs {comparisons.iloc[0][names.ARM]} (paired by seed, Holm-level interval)")
-    axes.set_title(f"{title} — grey band: ±min_effect {min_effect:g}", fontsize=9)
+    level = "look-level" if "look" in comparisons.columns else "Holm-level"
+    axes.set_xlabel(f"Δ mIoU vs {comparisons.iloc[0][names.ARM]} (paired by seed, {level} interval)")
+    floor_text = f"; dotted: noise floor ±{floor:.4f}" if floor > 0 else ""
+    axes.set_title(f"{title} — grey band: ±min_effect {min_effect:g}{floor_text}", fontsize=9)
     return _png(figure)
+
+
+def tables_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
 def _front(xs: Sequence[float], ys: Sequence[float], x_up: bool) -> list[int]:
