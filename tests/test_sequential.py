@@ -176,3 +176,22 @@ def test_the_noise_floor_a_design_is_stored_with_is_not_part_of_its_identity():
     later = dataclasses.replace(design, floor=0.0138)
     assert Design.from_dict(later.to_dict()) == later and later.identity() == design.identity()
     assert Design.from_dict({k: v for k, v in design.to_dict().items() if k != "floor"}).floor == 0.0
+
+
+def test_the_noise_floor_spares_arms_that_share_the_baselines_training_run():
+    from pathlib import Path
+
+    from ablations.results.tables import arm_floors
+    from ablations.sweep.study import load_study
+
+    sweeps = Path(__file__).resolve().parents[1] / "sweeps"
+    evaluation = arm_floors(load_study(sweeps / "eval_strategy.yaml", profile="quick"), 0.0138)
+    assert set(evaluation.values()) == {0.0}  # its arms differ in eval.* only: the same trained network per seed
+    floors = arm_floors(load_study(sweeps / "batch_size.yaml", profile="quick"), 0.0138)
+    assert floors == {"4": 0.0138, "8": 0.0138, "12": 0.0138, "16": 0.0}
+    # per arm in the decision: a 0.012 gap is better for an arm without the floor, not for one with it
+    design = make_design(looks=(3,), boundary="pocock")
+    arm = [b + 0.012 + 1e-5 * s for s, b in enumerate(BASE12[:3])]
+    values = _values(BASE12[:3], spared=arm, held=arm)
+    result = decide(values, "base", ["spared", "held"], design, min_effect=0.01, floor={"spared": 0, "held": 0.0138})
+    assert result.states["spared"].verdict == stats.BETTER and result.states["held"].verdict == stats.INCONCLUSIVE

@@ -255,7 +255,11 @@ def _data_text(study: Study) -> str:
 
 
 def comparison_display(
-    comparisons: pd.DataFrame, floor: noise.NoiseFloor | None = None, *, sequential: bool = False
+    comparisons: pd.DataFrame,
+    floor: noise.NoiseFloor | None = None,
+    *,
+    sequential: bool = False,
+    floors: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     rows = []
     for r in comparisons.to_dict("records"):
@@ -271,7 +275,10 @@ def comparison_display(
             "sd of Δ": tables.fmt_num(r.get("sd_diff"), ".4f"),
         }
         if floor is not None:
-            row[f"|Δ| vs floor {floor.value:.4f}"] = noise.for_column(floor, r.get("delta"))
+            applies = (floors or {}).get(r[names.ARM], floor.value) > 0
+            row[f"|Δ| vs floor {floor.value:.4f}"] = (
+                noise.for_column(floor, r.get("delta")) if applies else "n/a (same training run)"
+            )
         if sequential:
             row["look"] = tables.fmt_num(r.get("look"), ".0f")
             row["p"] = tables.fmt_num(r.get("p"), ".2g")
@@ -347,10 +354,19 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
         if geometry is not None:
             lines += [f"**Geometry:** {geometry.summary()}.", ""]
         lines += [tables.render(t["display"], "md"), "", tables.verdict_rule(study), "", speed_note(report.meta), ""]
-        shown = comparison_display(t["comparisons"], report.floor, sequential=study.sequential is not None)
+        floors = tables.arm_floors(study, noise.value(report.floor))
+        shown = comparison_display(t["comparisons"], report.floor, sequential=study.sequential is not None,
+                                   floors=floors)  # fmt: skip
         lines += ["## Δ against the baseline", ""]
         if report.floor is not None:
             lines += [f"The profile's noise floor: {report.floor.text()}.", ""]
+            if any(v == 0 for a, v in floors.items() if a != study.baseline):
+                lines += [
+                    "Arms that differ from the baseline in `eval.*` only train the baseline's network with its "
+                    "settings: the same seed gives the same training run bit for bit, so no float-path chaos separates "
+                    "them and the floor does not apply to them.",
+                    "",
+                ]
         lines += [tables.render(shown, "md"), ""]
         if report.crf is not None:
             lines += [

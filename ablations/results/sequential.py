@@ -300,7 +300,7 @@ def decide(
     *,
     min_effect: float,
     maximize: bool = True,
-    floor: float = 0.0,
+    floor: float | Mapping[str, float] = 0.0,
     settled: set[tuple[str, int]] | None = None,
 ) -> Outcome:
     """Run ``design`` over the stored ``values`` (arm → seed → value) of ``arms`` against ``baseline``: decide
@@ -321,7 +321,7 @@ def decide(
     active = list(arms)
     pairs: list[tuple[str, int]] = []
     decided = 0
-    threshold = max(min_effect, floor)
+    floors = floor if isinstance(floor, Mapping) else dict.fromkeys(arms, floor)  # per arm (tables.arm_floors)
     last = len(design.looks) - 1
     for k, n_k in enumerate(design.looks):
         if not active:
@@ -372,7 +372,7 @@ def decide(
             i, level = intervals[a], levels[a]
             good = (i.delta > 0) == maximize
             verdict, note, chance = RUNNING, "", math.nan
-            if a in rejected and abs(i.delta) >= threshold:
+            if a in rejected and abs(i.delta) >= max(min_effect, floors.get(a, 0.0)):
                 verdict = BETTER if good else WORSE
                 note = clearance_note(i, min_effect)
             elif a in equivalent:
@@ -381,13 +381,13 @@ def decide(
                 verdict = EQUIVALENT
                 note = "Δ ≠ 0, but within ±min_effect" if a in rejected else ""
             elif k == last:
-                verdict, note = INCONCLUSIVE, _why_inconclusive(i, a in rejected, min_effect, floor)
+                verdict, note = INCONCLUSIVE, _why_inconclusive(i, a in rejected, min_effect, floors.get(a, 0.0))
             elif design.futility > 0 and i.n >= 2:
                 final = nominal_levels(design.looks, share[a], design.boundary)[-1]
                 final_eq = nominal_levels(design.looks, share_eq[a], design.boundary)[-1]
                 chance = resolve_probability(
                     i.delta, i.sd, design.max_seeds, level=final, equivalence_level=final_eq, min_effect=min_effect,
-                    threshold=threshold,
+                    threshold=max(min_effect, floors.get(a, 0.0)),
                 )  # fmt: skip
                 if chance < design.futility:
                     verdict = INCONCLUSIVE

@@ -270,7 +270,7 @@ def compare_arms(
     alpha: float = ALPHA,
     identical_to: Mapping[str, str] | None = None,
     unmeasurable: Mapping[str, str] | None = None,
-    floor: float = 0.0,
+    floor: float | Mapping[str, float] = 0.0,
 ) -> list[Comparison]:
     """Every arm of ``values`` (arm → seed → metric) against ``baseline``, Holm-corrected as one family.
     ``identical_to`` names arms that build the same network as the baseline under the run's geometry: their
@@ -298,7 +298,8 @@ def compare_arms(
         if arm in unmeasurable:
             out.append(Comparison(arm, interval, p_holm, NOT_MEASURABLE, None, unmeasurable[arm]))
             continue
-        v, note = verdict(interval, p_holm, min_effect, maximize=maximize, floor=floor)
+        arm_floor = floor.get(arm, 0.0) if isinstance(floor, Mapping) else floor
+        v, note = verdict(interval, p_holm, min_effect, maximize=maximize, floor=arm_floor)
         out.append(Comparison(arm, interval, p_holm, v, needed if v == INCONCLUSIVE else None, note))
     return out
 

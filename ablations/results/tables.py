@@ -135,7 +135,7 @@ def comparison_frame(
     arms: Sequence[str] | None = None,
     identical_to: Mapping[str, str] | None = None,
     unmeasurable: Mapping[str, str] | None = None,
-    floor: float = 0.0,
+    floor: float | Mapping[str, float] = 0.0,
 ) -> pd.DataFrame:
     """Every arm against ``baseline`` (paired per seed, Holm across the arms; ``stats`` holds the rule)."""
     values = seed_values(df, metric)
@@ -217,13 +217,14 @@ def sequential_frame(
     values = seed_values(df, objective.metric)
     result = decide(
         values, baseline, list(compared), design, min_effect=study.min_effect,
-        maximize=objective.direction == "maximize", floor=design.floor, settled=settled_pairs(df),
+        maximize=objective.direction == "maximize", floor=arm_floors(study, design.floor), settled=settled_pairs(df),
     )  # fmt: skip
+    floors = arm_floors(study, floor)
     # The seeds ran as the design decided with the floor it was stored with; a floor measured later (larger) only
     # takes claims back: a better/worse |Δ| within it becomes inconclusive.
     for arm, state in list(result.states.items()):
-        if state.verdict in (stats.BETTER, stats.WORSE) and abs(state.interval.delta) <= floor:
-            note = f"|Δ| is within the noise floor {floor:.4f} (measured after this look)"
+        if state.verdict in (stats.BETTER, stats.WORSE) and abs(state.interval.delta) <= floors.get(arm, 0.0):
+            note = f"|Δ| is within the noise floor {floors[arm]:.4f} (measured after this look)"
             result.states[arm] = dataclasses.replace(state, verdict=stats.INCONCLUSIVE, note=note)
     used = {s for a, s in result.pairs if a == baseline}
     rows = [
@@ -389,6 +390,24 @@ def render(display: pd.DataFrame, fmt: str = "md") -> str:
     return table
 
 
+def arm_floors(study: Any, floor: float) -> dict[str, float]:
+    """The noise floor each arm's comparison is held to: ``floor``, except for an arm whose trials train exactly the
+    baseline's network with the baseline's settings (it differs in ``eval.*`` only): the same seed then gives the
+    same training run bit for bit, no chaos separates the two, and the floor does not apply (0)."""
+    if not floor:
+        return dict.fromkeys(study.arm_labels, 0.0)
+    baseline = study.baseline or study.arm_labels[0]
+    seed = study.seeds[0]
+
+    def trained(arm: str) -> dict[str, Any]:
+        config = study.resolve(arm, seed).to_dict()
+        config.pop("eval", None)
+        return config
+
+    base = trained(baseline)
+    return {arm: (0.0 if trained(arm) == base else floor) for arm in study.arm_labels}
+
+
 def arm_roles(study: Any, geometry: Any) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """Which arms a study's geometry keeps out of the comparison: (identical: arm → the baseline, when the arm
     builds the baseline's network and so measures nothing; repeats: arm → the other arm whose network it repeats,
@@ -457,7 +476,7 @@ def study_tables(
             arms=study.arm_labels,
             identical_to=identical,
             unmeasurable=unmeasurable,
-            floor=floor,
+            floor=arm_floors(study, floor),
         )
     for arm, other in repeats.items():
         row = comparisons[names.ARM] == arm

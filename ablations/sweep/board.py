@@ -255,7 +255,7 @@ def outcome(study: Study, board: Board, *, retry_failed: float | None = None, tr
     if design is None or not study.is_grid:
         return None
     from ablations.results.sequential import decide
-    from ablations.results.tables import compared_arms
+    from ablations.results.tables import arm_floors, compared_arms
 
     values: dict[str, dict[int, float]] = {}
     settled: set[tuple[str, int]] = set()
@@ -270,7 +270,8 @@ def outcome(study: Study, board: Board, *, retry_failed: float | None = None, tr
     objective = study.objectives[0]
     return decide(
         values, study.baseline or study.arm_labels[0], compared_arms(study), design,
-        min_effect=study.min_effect, maximize=objective.direction == "maximize", settled=settled, floor=design.floor,
+        min_effect=study.min_effect, maximize=objective.direction == "maximize", settled=settled,
+        floor=arm_floors(study, design.floor),
     )  # fmt: skip
 
 
