@@ -131,6 +131,24 @@ class Design:
         )
 
 
+def boundary_text(design: Design, arms: int) -> str:
+    """The boundaries an arm starts with (its share α/m) and those of the largest share it can be passed (α), as
+    nominal two-sided p and |t| per look."""
+
+    def one(share: float) -> str:
+        levels = nominal_levels(design.looks, share, design.boundary)
+        return " / ".join(f"p {p:.2g} (|t| {critical_t(p, n):.3g})" for p, n in zip(levels, design.looks, strict=True))
+
+    first = design.alpha / max(arms, 1)
+    text = (
+        f"boundaries at looks {', '.join(map(str, design.looks))} for an arm's starting share α/{arms} = {first:.4g}: "
+    )
+    text += one(first)
+    if arms > 1:
+        text += f"; with the whole α = {design.alpha:g} (every other arm rejected): {one(design.alpha)}"
+    return text
+
+
 def _seed_text(seeds: Sequence[int]) -> str:
     s = list(seeds)
     if len(s) > 2 and s == list(range(s[0], s[0] + len(s))):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablations.results import names, stats
+from ablations.results import names, sequential, stats
 
 
 def missing(value: Any) -> bool:
@@ -209,13 +209,11 @@ def sequential_frame(
 ) -> tuple[pd.DataFrame, Any]:
     """The comparison frame of a study run under a group-sequential design (``study.sequential``): every arm's
     verdict from ``sequential.decide`` (the look it came from, the interval at that look's level), and the outcome."""
-    from ablations.results.sequential import RUNNING, decide
-
     objective = study.objectives[0]
     baseline = study.baseline or study.arm_labels[0]
     design = study.sequential
     values = seed_values(df, objective.metric)
-    result = decide(
+    result = sequential.decide(
         values, baseline, list(compared), design, min_effect=study.min_effect,
         maximize=objective.direction == "maximize", floor=arm_floors(study, design.floor), settled=settled_pairs(df),
     )  # fmt: skip
@@ -248,7 +246,7 @@ def sequential_frame(
             continue
         i = state.interval
         k, looks = state.look, design.looks
-        if state.verdict == RUNNING:
+        if state.verdict == sequential.RUNNING:
             label = f"running: look {k + 1} of {len(looks)} ({looks[k]} seeds) next" if k < len(looks) else "running"
         else:
             label = f"{state.verdict} (look {k} of {len(looks)}, {i.n} seeds)"
@@ -527,7 +525,9 @@ def design_text(study: Any) -> str:
     """The design a study's verdicts come from, in one sentence: its sequential design, or the fixed seeds."""
     design = getattr(study, "sequential", None)
     if design is not None:
-        return _sentence(design.describe())
+        baseline = study.baseline or study.arm_labels[0]
+        arms = len([a for a in compared_arms(study) if a != baseline])
+        return _sentence(design.describe()) + " " + _sentence(sequential.boundary_text(design, arms))
     seeds = ", ".join(map(str, study.seeds))
     return (
         f"Fixed design: seeds {seeds}, one look; Holm across the arms at α = {stats.ALPHA:g}. "
@@ -548,7 +548,7 @@ def verdict_rule(study: Any) -> str:
         "Verdicts: Δ = arm − baseline at the trials' last step, paired by seed, at the look each verdict came from; "
         "better/worse: the arm's null rejected at a look's boundary and |Δ| ≥ min_effect (and beyond the noise floor, "
         "where measured); equivalent: the interval at the look's equivalence level within ±min_effect; otherwise "
-        "inconclusive (after the last look, or stopped for futility). " + _sentence(design.describe())
+        "inconclusive (after the last look, or stopped for futility). " + design_text(study)
     )
 
 
