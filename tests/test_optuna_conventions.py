@@ -35,8 +35,10 @@ def test_a_finished_grid_study_names_its_objective_and_holds_every_validation(wo
         # A grid study has no pruner, and every validation is still there, at its optimiser step.
         assert sorted(t.intermediate_values) == [2, 4]
         assert all(0.0 <= v <= 1.0 for v in t.intermediate_values.values())
-        # The objective is the best validation's mIoU, one of the curve's points.
-        assert t.values[0] == pytest.approx(max(t.intermediate_values.values()))
+        # The objective is the last validation's mIoU (never the best of the curve), and every validation is kept.
+        assert t.values[0] == t.intermediate_values[4] and t.user_attrs["metrics"]["final_step"] == 4
+        assert [v["step"] for v in t.user_attrs["validations"]] == [2, 4]
+        assert t.user_attrs["metrics"]["best/val/mIoU"] == pytest.approx(max(t.intermediate_values.values()))
         assert INTERMEDIATE_ATTR not in t.user_attrs  # single objective: Optuna's own intermediate values
 
 

@@ -59,6 +59,10 @@ def test_training_on_the_embedded_benchmark_writes_everything(tmp_path):
     assert written["train/images_per_s"] > 0
     assert written["seed"] == 0 and written["device"].startswith("cpu")
     assert written["best_step"] in (2, 4) and [h["step"] for h in written["history"]] == [2, 4]
+    # the result is the last validation's; the best one is a record
+    assert written["final_step"] == 4 and written["val/mIoU"] == written["history"][-1]["val/mIoU"]
+    assert written["best/val/mIoU"] == max(h["val/mIoU"] for h in written["history"])
+    assert written["threads"] == 1 and written["onednn"] is True
     assert Path(written["best_checkpoint"]).is_file()
     runs = list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
