@@ -497,7 +497,7 @@ def _our_answer(report: StudyReport) -> str:
 
 def _directions(report: StudyReport) -> str:
     """Every direction the study's page states, per published table (none left out)."""
-    if not report.papers:
+    if not report.papers and report.crf is None:
         return "—"
     parts = []
     for entry, frame in report.papers:
@@ -505,6 +505,11 @@ def _directions(report: StudyReport) -> str:
         keep = ", ".join(sorted(f"{n} {d}" for d, n in counts.items() if d not in ("—", "not published")))
         if keep:
             parts.append(f"{entry.table.split(' (')[0]}: {keep}" if len(report.papers) > 1 else keep)
+    if report.crf is not None and "direction" in report.crf:  # the page's "CRF's effect" section states these
+        counts = report.crf["direction"].value_counts()
+        keep = ", ".join(sorted(f"{n} {d}" for d, n in counts.items() if d not in ("—", "not published")))
+        if keep:
+            parts.append(f"CRF's effect: {keep}")
     return "; ".join(parts) or "—"
 
 
