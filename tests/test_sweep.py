@@ -529,6 +529,27 @@ def test_two_workers_on_postgresql_run_every_arm_and_seed_exactly_once(workdir, 
     assert main(["sweep", str(path), "--storage", postgres, "--table-only"]) == 0
 
 
+@pytest.mark.postgres
+@pytest.mark.e2e
+def test_two_machines_run_one_sequential_design_on_postgresql_each_pair_once(workdir, postgres):
+    from ablations.results.sequential import Design, decide
+
+    path = write_study(workdir, axis={"name": "lr", "key": "train.lr", "values": [0.01, 0.02, 0.04]}, seeds=[0, 1])
+    command = sweep_command(path, "--storage", postgres, "--until-resolved", "--looks", "2,3", "--futility", "0")
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in processes:
+        _out, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=postgres)
+    values: dict[str, dict[int, float]] = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        values.setdefault(t.user_attrs["arm"], {})[t.user_attrs["seed"]] = t.values[0]
+    design = Design.from_dict(study.user_attrs["sequential"])
+    result = decide(values, "0.01", ["0.02", "0.04"], design, min_effect=0.01)
+    keys = complete_keys(study)
+    assert result.finished and set(keys) == set(result.pairs) and set(keys.values()) == {1}
+
+
 def test_unreachable_storage_is_one_clear_line(workdir, capsys):
     path = write_study(workdir)
     assert main(["sweep", str(path), "--storage", "postgresql+psycopg2://u:secret@127.0.0.1:1/db"]) == 2
@@ -592,6 +613,9 @@ def test_until_resolved_adds_seeds_to_unresolved_arms_only_resumes_and_keeps_its
     rerun = subprocess.run(sweep_command(path, *design_args), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and "seed 0 …" not in rerun.stdout and "seed 2 …" not in rerun.stdout
     assert complete_keys(stored(workdir / "runs" / "sweeps" / "tiny")) == done
+    # Without the design options (a SLURM worker's command, or `make sweep-…` again) the stored design goes on.
+    plain = subprocess.run(sweep_command(path, "--table-only"), capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 0 and "Group-sequential design: looks at 2, 3" in plain.stdout
     other = subprocess.run(sweep_command(path, "--until-resolved", "--looks", "2,4"), capture_output=True, text=True,
                            timeout=600)  # fmt: skip
     assert other.returncode == 2 and "cannot change once its looks have begun" in other.stderr
