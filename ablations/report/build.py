@@ -39,6 +39,7 @@ from ablations.results import names, noise, stats, tables
 from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic
 from ablations.sweep.geometry import StudyGeometry, conv_label, study_geometry
 from ablations.sweep.study import Study, StudyError, load_study
+from ablations.sweep.summary import committed_floor
 
 FORMATS = ("md", "csv", "tex")
 PAPERS_CAVEAT = (
@@ -233,7 +234,7 @@ def _setup(report: StudyReport) -> list[str]:
                 f"- **Left out** {len(missing)} trial(s) recorded before the last step's value was kept, whose best "
                 "validation was not their last (trials " + ", ".join(map(str, missing[names.TRIAL])) + ")"
             )
-        lines.append(f"- **Design** {tables.design_text(study)}")
+        lines.append(f"- **Design** {tables.design_text(study, report.tables.get('compared'))}")
         if report.floor is not None:
             lines.append(f"- **Noise floor** {report.floor.text()}")
         elif study.name != noise.STUDY:
@@ -353,7 +354,8 @@ def render_study(report: StudyReport, formats: Sequence[str]) -> dict[str, bytes
         lines += ["## Result", "", f"**{tables.headline(study, t)}.**", ""]
         if geometry is not None:
             lines += [f"**Geometry:** {geometry.summary()}.", ""]
-        lines += [tables.render(t["display"], "md"), "", tables.verdict_rule(study), "", speed_note(report.meta), ""]
+        rule = tables.verdict_rule(study, t.get("compared"))
+        lines += [tables.render(t["display"], "md"), "", rule, "", speed_note(report.meta), ""]
         floors = tables.arm_floors(study, noise.value(report.floor))
         shown = comparison_display(t["comparisons"], report.floor, sequential=study.sequential is not None,
                                    floors=floors)  # fmt: skip
@@ -874,7 +876,7 @@ def _floors(
                 out[study.profile] = floor
     if not out:
         meta = _read_meta(data_dir / f"{noise.STUDY}.meta.json")
-        floor = noise.load(data_dir, meta.get("profile"), sweeps_dir)
+        floor = committed_floor(data_dir, meta.get("profile"), sweeps_dir)
         if floor is not None:
             out[floor.profile] = floor
     return out

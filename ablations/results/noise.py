@@ -7,10 +7,8 @@ page of the same profile shows it beside its Δs, with the sd of the per-seed A/
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
@@ -55,26 +53,6 @@ def measure(df: pd.DataFrame, study) -> NoiseFloor | None:
         return None
     i = stats.paired_interval([b[s] - a[s] for s in shared])
     return NoiseFloor(study.profile, (baseline, other), i.n, i.delta, i.low, i.high, i.sd)
-
-
-def load(data_dir: str | Path, profile: str | None, sweeps_dir: str | Path = "sweeps") -> NoiseFloor | None:
-    """The floor committed in ``data_dir`` for ``profile`` (its ``noise_floor.csv``, recorded with that profile), or
-    None when it has not been measured there."""
-    from ablations.results.frames import read_csv
-    from ablations.sweep.study import StudyError, load_study
-
-    data_dir = Path(data_dir)
-    csv, meta = data_dir / f"{STUDY}.csv", data_dir / f"{STUDY}.meta.json"
-    study_file = Path(sweeps_dir) / f"{STUDY}.yaml"
-    if not (csv.is_file() and meta.is_file() and study_file.is_file()):
-        return None
-    try:
-        recorded = json.loads(meta.read_text()).get("profile")
-        if recorded != profile:
-            return None
-        return measure(read_csv(csv), load_study(study_file, profile=recorded))
-    except (ValueError, StudyError, OSError):
-        return None
 
 
 def value(floor: NoiseFloor | None) -> float:

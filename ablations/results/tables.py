@@ -423,21 +423,6 @@ def arm_roles(study: Any, geometry: Any) -> tuple[dict[str, str], dict[str, str]
     return identical, repeats, unmeasurable
 
 
-_COMPARED: dict[tuple, tuple[str, ...]] = {}
-
-
-def compared_arms(study: Any) -> tuple[str, ...]:
-    """The arms a study compares with its baseline: all but those its geometry shows to be the baseline's network
-    or unable to measure their setting (computed once per process and study)."""
-    key = (str(study.path), study.fingerprint())
-    if key not in _COMPARED:
-        from ablations.sweep.geometry import study_geometry
-
-        identical, _, unmeasurable = arm_roles(study, study_geometry(study))
-        _COMPARED[key] = tuple(a for a in study.arm_labels if a not in identical and a not in unmeasurable)
-    return _COMPARED[key]
-
-
 def study_tables(
     study: Any,
     df: pd.DataFrame,
@@ -493,7 +478,11 @@ def study_tables(
     notes = {a: g.note() for a, g in geometry.arms.items()} if geometry is not None else None
     published = papers(comparisons) if papers is not None else None
     display = study_frame(arms, comparisons, best=best, geometry=notes, speed=speed, papers=published, short=short)
-    return {"arms": arms, "comparisons": comparisons, "best": best, "display": display, "sequential": result}
+    compared = len([a for a in study.arm_labels if a != baseline and a not in identical and a not in unmeasurable])
+    return {
+        "arms": arms, "comparisons": comparisons, "best": best, "display": display, "sequential": result,
+        "compared": compared,
+    }  # fmt: skip
 
 
 def headline(study: Any, tables: Mapping[str, Any]) -> str:
@@ -521,12 +510,12 @@ COMPARED_VALUE = (
 )
 
 
-def design_text(study: Any) -> str:
-    """The design a study's verdicts come from, in one sentence: its sequential design, or the fixed seeds."""
+def design_text(study: Any, arms: int | None = None) -> str:
+    """The design a study's verdicts come from, in one sentence: its sequential design (with the boundaries of
+    ``arms`` compared arms), or the fixed seeds."""
     design = getattr(study, "sequential", None)
     if design is not None:
-        baseline = study.baseline or study.arm_labels[0]
-        arms = len([a for a in compared_arms(study) if a != baseline])
+        arms = arms if arms is not None else len(study.arm_labels) - 1
         return _sentence(design.describe()) + " " + _sentence(sequential.boundary_text(design, arms))
     seeds = ", ".join(map(str, study.seeds))
     return (
@@ -539,8 +528,9 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-def verdict_rule(study: Any) -> str:
-    """The rule under a study's table: the fixed one, or the sequential design's."""
+def verdict_rule(study: Any, arms: int | None = None) -> str:
+    """The rule under a study's table: the fixed one, or the sequential design's (``arms``: how many arms it
+    compares with the baseline)."""
     design = getattr(study, "sequential", None)
     if design is None:
         return VERDICT_RULE
@@ -548,7 +538,7 @@ def verdict_rule(study: Any) -> str:
         "Verdicts: Δ = arm − baseline at the trials' last step, paired by seed, at the look each verdict came from; "
         "better/worse: the arm's null rejected at a look's boundary and |Δ| ≥ min_effect (and beyond the noise floor, "
         "where measured); equivalent: the interval at the look's equivalence level within ±min_effect; otherwise "
-        "inconclusive (after the last look, or stopped for futility). " + design_text(study)
+        "inconclusive (after the last look, or stopped for futility). " + design_text(study, arms)
     )
 
 

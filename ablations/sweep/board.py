@@ -255,7 +255,8 @@ def outcome(study: Study, board: Board, *, retry_failed: float | None = None, tr
     if design is None or not study.is_grid:
         return None
     from ablations.results.sequential import decide
-    from ablations.results.tables import arm_floors, compared_arms
+    from ablations.results.tables import arm_floors
+    from ablations.sweep.geometry import compared_arms
 
     values: dict[str, dict[int, float]] = {}
     settled: set[tuple[str, int]] = set()

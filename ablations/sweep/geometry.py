@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ablations.results.tables import arm_roles
 from ablations.sweep.study import Study
 
 ANSWERABLE, PARTLY, CANNOT = "answerable", "partly answerable", "cannot answer"
@@ -266,3 +267,16 @@ def startup_warnings(study: Study) -> list[str]:
         what.extend(g.caveats)
         lines.append(f"geometry: arm {arm}: {'; '.join(what)}; {answers.get(arm, 'no installed profile measures it')}")
     return lines
+
+
+_COMPARED: dict[tuple, tuple[str, ...]] = {}
+
+
+def compared_arms(study: Any) -> tuple[str, ...]:
+    """The arms a study compares with its baseline: all but those its geometry shows to be the baseline's network
+    or unable to measure their setting (computed once per process and study)."""
+    key = (str(study.path), study.fingerprint())
+    if key not in _COMPARED:
+        identical, _, unmeasurable = arm_roles(study, study_geometry(study))
+        _COMPARED[key] = tuple(a for a in study.arm_labels if a not in identical and a not in unmeasurable)
+    return _COMPARED[key]

@@ -165,11 +165,11 @@ def _with_design(study: Study, request: SweepRequest) -> Study:
 def _with_floor(design, study: Study):
     """The design with the profile's committed noise floor (``reports/data``), which a new design is stored with."""
     from ablations.results import noise
-    from ablations.sweep.summary import REPORT_DATA
+    from ablations.sweep.summary import REPORT_DATA, committed_floor
 
     if design is None or study.name == noise.STUDY:
         return design
-    return dataclasses.replace(design, floor=noise.value(noise.load(REPORT_DATA, study.profile)))
+    return dataclasses.replace(design, floor=noise.value(committed_floor(REPORT_DATA, study.profile)))
 
 
 def _status(study: Study, name: str, out_dir: Path, storage: str | None, printer) -> SweepOutcome:

@@ -42,7 +42,7 @@ def format_table(study, result: dict[str, Any], *, study_name: str, geometry: An
             lines += sequential.look_lines(study, result["sequential"])
         if geometry is not None:
             lines.append(f"geometry: {geometry.summary()}")
-        lines.append(tables.verdict_rule(study))
+        lines.append(tables.verdict_rule(study, result.get("compared")))
         lines.append("noise floor: " + (floor.text() if floor is not None else "not measured for this profile "
                                            f"(make sweep-{noise.STUDY}; its data in reports/data)"))  # fmt: skip
         lines.append(
@@ -64,7 +64,7 @@ def write_outputs(study, optuna_study, out_dir: Path, study_name: str) -> str:
     from ablations.sweep.geometry import study_geometry
 
     geometry = study_geometry(study) if study.is_grid else None
-    floor = noise.load(REPORT_DATA, study.profile) if study.is_grid and study.name != noise.STUDY else None
+    floor = committed_floor(REPORT_DATA, study.profile) if study.is_grid and study.name != noise.STUDY else None
     result = comparison(study, optuna_study, geometry=geometry, floor=floor)
     text = format_table(study, result, study_name=study_name, geometry=geometry, floor=floor)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,3 +75,25 @@ def write_outputs(study, optuna_study, out_dir: Path, study_name: str) -> str:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "trials.json").write_text(json.dumps(json_safe(trial_rows(optuna_study)), indent=2, default=str))
     return text
+
+
+def committed_floor(
+    data_dir: str | Path, profile: str | None, sweeps_dir: str | Path = "sweeps"
+) -> noise.NoiseFloor | None:
+    """The floor committed in ``data_dir`` for ``profile`` (its ``noise_floor.csv``, recorded with that profile), or
+    None when it has not been measured there."""
+    from ablations.results.frames import read_csv
+    from ablations.sweep.study import StudyError, load_study
+
+    data_dir = Path(data_dir)
+    csv, meta = data_dir / f"{noise.STUDY}.csv", data_dir / f"{noise.STUDY}.meta.json"
+    study_file = Path(sweeps_dir) / f"{noise.STUDY}.yaml"
+    if not (csv.is_file() and meta.is_file() and study_file.is_file()):
+        return None
+    try:
+        recorded = json.loads(meta.read_text()).get("profile")
+        if recorded != profile:
+            return None
+        return noise.measure(read_csv(csv), load_study(study_file, profile=recorded))
+    except (ValueError, StudyError, OSError):
+        return None
