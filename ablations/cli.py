@@ -125,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     design.add_argument("--alpha", type=_number, metavar="A", help="family-wise error rate, 0 < A < 0.5 (0.05)")
     design.add_argument("--boundary", help="obrien-fleming (default) or pocock")
     design.add_argument("--futility", type=_number, metavar="P", help="futility threshold, 0 = none (0.05)")
+    sweep.add_argument(
+        "--import-trials", metavar="CSV",
+        help="put a committed trial CSV (reports/data/<study>.csv) into the new storage first, and go on from it",
+    )  # fmt: skip
     design.add_argument(
         "--max-minutes", type=_number, metavar="M",
         help="claim no new trial after M minutes (the running ones finish; the same command resumes)",
@@ -426,7 +430,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         retry_failed=args.retry_failed, max_trials=args.max_trials, table_only=args.table_only, strict=args.strict,
         argv=argv, slurm=slurm, wait=args.wait, status=args.status, until_resolved=args.until_resolved,
         design={k: getattr(args, k) for k in DESIGN_FLAGS if getattr(args, k) is not None},
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes, import_trials=args.import_trials,
     )  # fmt: skip
     try:
         outcome = run_sweep(request, printer=lambda line: print(line, flush=True))

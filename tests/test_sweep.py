@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -619,3 +620,33 @@ def test_until_resolved_adds_seeds_to_unresolved_arms_only_resumes_and_keeps_its
     other = subprocess.run(sweep_command(path, "--until-resolved", "--looks", "2,4"), capture_output=True, text=True,
                            timeout=600)  # fmt: skip
     assert other.returncode == 2 and "cannot change once its looks have begun" in other.stderr
+
+
+def test_committed_trials_imported_into_a_new_storage_give_the_same_verdicts_and_design(workdir, capsys):
+    # A fresh machine has no storage: the committed CSV (with its design and validations) is where a study goes on from.
+    root = Path(__file__).resolve().parents[1]
+    data = workdir / "data"
+    data.mkdir()
+    for suffix in (".csv", ".meta.json", ".validations.csv"):
+        shutil.copy(root / "reports" / "data" / f"multigrid{suffix}", data / f"multigrid{suffix}")
+    study_file = root / "sweeps" / "multigrid.yaml"
+    argv = ["sweep", str(study_file), "--out", str(workdir / "run"), "--import-trials", str(data / "multigrid.csv")]
+    assert main([*argv, "--table-only"]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((data / "multigrid.meta.json").read_text())
+    imported = stored(workdir / "run", "multigrid")
+    assert imported.user_attrs["sequential"] == meta["sequential"]
+    complete = imported.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == len(pd.read_csv(data / "multigrid.csv")) and all(
+        t.user_attrs["validations"] for t in complete
+    )
+    committed = pd.read_csv(root / "reports" / "tables" / "multigrid.comparisons.csv", dtype={"arm": str})
+    for row in committed.to_dict("records"):
+        if row["verdict"] != "baseline":
+            assert f"{row['verdict_label']}" in printed
+    # A storage that already holds trials is refused, as is a CSV with arms the study does not have.
+    assert main(argv) == 2 and "already holds" in capsys.readouterr().err
+    bad = data / "other.csv"
+    bad.write_text((data / "multigrid.csv").read_text().replace('"(2,2,2)"', '"(3,3,3)"'))
+    assert main(["sweep", str(study_file), "--out", str(workdir / "run2"), "--import-trials", str(bad)]) == 2
+    assert "arm(s) ['(3,3,3)'] are not in the study" in capsys.readouterr().err

@@ -45,6 +45,7 @@ class SweepRequest:
     until_resolved: bool = False  # run the study's group-sequential design (its sequential: block or the defaults)
     design: Mapping[str, Any] = field(default_factory=dict)  # --looks, --max-seeds, --alpha, --boundary, --futility
     max_minutes: float | None = None  # claim no new trial after this many minutes
+    import_trials: str | None = None  # a committed trial CSV put into the new storage first (sweep.imported)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,13 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
         slurm.check_cluster(request.storage)
     url = storage_url(out_dir, request.storage)
     check_storage_reachable(url)
+    if request.import_trials is not None:  # into the new storage first; the design check below then sees them
+        from ablations.sweep.imported import import_trials
+
+        fixed = open_study(dataclasses.replace(study, sequential=None), open_storage(url), name)
+        added, design = import_trials(study, fixed, request.import_trials)
+        printer(f"[{name}] imported {added} finished trial(s) from {request.import_trials}"
+                + (" with their sequential design" if design else ""))  # fmt: skip
     board = open_study(study, open_storage(url), name)
     if study.sequential is None and board.sequential is not None:
         study = dataclasses.replace(study, sequential=board.sequential)  # the design stored with the study goes on
