@@ -650,3 +650,20 @@ def test_committed_trials_imported_into_a_new_storage_give_the_same_verdicts_and
     bad.write_text((data / "multigrid.csv").read_text().replace('"(2,2,2)"', '"(3,3,3)"'))
     assert main(["sweep", str(study_file), "--out", str(workdir / "run2"), "--import-trials", str(bad)]) == 2
     assert "arm(s) ['(3,3,3)'] are not in the study" in capsys.readouterr().err
+
+
+def test_an_import_keeps_whole_looks_only(workdir, capsys):
+    # The last look left half-run (one of its trials missing): it is run again whole, so its pairs share a machine.
+    root = Path(__file__).resolve().parents[1]
+    data = workdir / "data"
+    data.mkdir()
+    for suffix in (".meta.json", ".validations.csv"):
+        shutil.copy(root / "reports" / "data" / f"multigrid{suffix}", data / f"multigrid{suffix}")
+    df = pd.read_csv(root / "reports" / "data" / "multigrid.csv", dtype={"arm": str})
+    df = df[~((df["arm"] == "(1,2,1)") & (df["seed"] == 11))]
+    df.to_csv(data / "multigrid.csv", index=False)
+    argv = ["sweep", str(root / "sweeps" / "multigrid.yaml"), "--out", str(workdir / "run"), "--table-only"]
+    assert main([*argv, "--import-trials", str(data / "multigrid.csv")]) == 0
+    imported = stored(workdir / "run", "multigrid").get_trials(states=(TrialState.COMPLETE,))
+    assert sorted({t.user_attrs["seed"] for t in imported}) == [0, 1, 2, 3, 4, 5]
+    assert "running: look 3 of 3 (12 seeds) next" in capsys.readouterr().out

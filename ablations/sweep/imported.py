@@ -4,8 +4,10 @@ sweep on another machine goes on from them instead of training them again: a seq
 next look (its design comes from the ``.meta.json``), a fixed design runs only the arm × seed pairs missing.
 
 Only what a comparison can use is imported: complete trials that recorded their last step's value (``final_step``)
-and trials that failed for a reason a re-run would repeat (diverged, out of memory, …). New trials then run on this
-machine; a pair is always both sides from one look, so one look's pairs share a machine."""
+and trials that failed for a reason a re-run would repeat (diverged, out of memory, …), and only **whole looks**: a
+sequential design's trials of the looks it decided (a look the stored data left half-run is run again here, every
+pair of it), a fixed design's seeds that every arm finished. So the two sides of a pair, and one look's pairs, always
+ran on one machine."""
 
 from __future__ import annotations
 
@@ -52,13 +54,14 @@ def import_trials(study: Study, board: Board, path: str | Path) -> tuple[int, di
     if unknown:
         raise SweepError(f"--import-trials {path}: arm(s) {unknown} are not in the study; its arms are "
                          f"{list(study.arm_labels)}")  # fmt: skip
+    keep = _whole_looks(study, df, meta.get("sequential"))
     validations = _validations(path)
     metrics = [o.metric for o in study.objectives]
     distributions = {"arm": CategoricalDistribution(list(study.arm_labels)), "seed": IntDistribution(0, SEED_MAX)}
     added = 0
     for row in df.to_dict("records"):
         state, arm, seed = row[names.STATE], str(row[names.ARM]), row[names.SEED]
-        if _missing(seed):
+        if _missing(seed) or int(seed) not in keep:
             continue
         seed = int(seed)
         attrs: dict[str, Any] = {"arm": arm, "seed": seed, "imported_from": f"{path.name} trial {row[names.TRIAL]}"}
@@ -88,6 +91,27 @@ def import_trials(study: Study, board: Board, path: str | Path) -> tuple[int, di
     if design:
         board.study.set_user_attr(DESIGN_ATTR, design)
     return added, design
+
+
+def _whole_looks(study: Study, df: pd.DataFrame, design: dict[str, Any] | None) -> set[int]:
+    """The seeds whose trials are imported: a sequential design's decided looks, or the seeds every arm of a fixed
+    design finished."""
+    from ablations.results import tables
+    from ablations.results.sequential import Design, decide
+    from ablations.sweep.geometry import compared_arms
+
+    frame = tables.final_values(df, study)
+    settled = tables.settled_pairs(frame)
+    if design:
+        d = Design.from_dict(design)
+        values = tables.seed_values(frame, study.objectives[0].metric)
+        baseline = study.baseline or study.arm_labels[0]
+        result = decide(values, baseline, compared_arms(study), d, min_effect=study.min_effect, settled=settled,
+                        maximize=study.objectives[0].direction == "maximize",
+                        floor=tables.arm_floors(study, d.floor))  # fmt: skip
+        return set(d.seeds[: d.looks[result.decided_looks - 1]]) if result.decided_looks else set()
+    seeds = {s for _, s in settled}
+    return {s for s in seeds if all((a, s) in settled for a in study.arm_labels)}
 
 
 def _meta(path: Path) -> dict[str, Any]:
