@@ -494,7 +494,8 @@ def _our_answer(report: StudyReport) -> str:
     parts = [f"{r['arm']} {r['verdict_label']} ({tables.fmt_num(r.get('delta'), '+.4f')})"
              for r in comparisons.to_dict("records") if r["verdict"] != stats.BASELINE]  # fmt: skip
     best = report.tables["best"]
-    return (f"best: {best}; " if best else "no arm resolved best; ") + "; ".join(parts)
+    compared = "; ".join(parts) or "no arm has a last-step value to compare yet"
+    return (f"best: {best}; " if best else "no arm resolved best; ") + compared
 
 
 def _directions(report: StudyReport) -> str:
@@ -678,7 +679,7 @@ def readme_results(reports_dir: Path = Path("reports"), link_base: str = "report
         comparisons = reports_dir / "tables" / f"{study}.comparisons.csv"
         if comparisons.is_file():
             best = ours.split("; ")[0].replace("no arm resolved best", "none resolved best")
-            ours = f"{best}; {_verdicts(comparisons)}"
+            ours = f"{best}; {_verdicts(comparisons) or 'no arm has a last-step value to compare yet'}"
             frame = read_csv(comparisons, (names.ARM, "verdict"))
             baseline = ", ".join(frame[frame["verdict"] == stats.BASELINE][names.ARM]) or "—"
         rows.append(
