@@ -415,6 +415,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     from ablations.sweep import SweepError
+    from ablations.sweep.imported import import_trials
     from ablations.sweep.run import SweepRequest, run_sweep
     from ablations.sweep.study import StudyError
 
@@ -430,7 +431,7 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
         retry_failed=args.retry_failed, max_trials=args.max_trials, table_only=args.table_only, strict=args.strict,
         argv=argv, slurm=slurm, wait=args.wait, status=args.status, until_resolved=args.until_resolved,
         design={k: getattr(args, k) for k in DESIGN_FLAGS if getattr(args, k) is not None},
-        max_minutes=args.max_minutes, import_trials=args.import_trials,
+        max_minutes=args.max_minutes, import_trials=args.import_trials, importer=import_trials,
     )  # fmt: skip
     try:
         outcome = run_sweep(request, printer=lambda line: print(line, flush=True))

@@ -15,7 +15,7 @@ from typing import Any
 from ablations.ioutil import check_name, check_writable_dir, redact
 from ablations.sweep.board import open_study, settle
 from ablations.sweep.placement import STARTED_ENV
-from ablations.sweep.storage import check_storage_reachable, default_out_dir, open_storage, storage_url
+from ablations.sweep.storage import SweepError, check_storage_reachable, default_out_dir, open_storage, storage_url
 from ablations.sweep.study import AUTO, Study, StudyError, load_study
 
 
@@ -45,7 +45,10 @@ class SweepRequest:
     until_resolved: bool = False  # run the study's group-sequential design (its sequential: block or the defaults)
     design: Mapping[str, Any] = field(default_factory=dict)  # --looks, --max-seeds, --alpha, --boundary, --futility
     max_minutes: float | None = None  # claim no new trial after this many minutes
-    import_trials: str | None = None  # a committed trial CSV put into the new storage first (sweep.imported)
+    import_trials: str | None = None  # a committed trial CSV put into the new storage first
+    # what puts it there: ablations.sweep.imported.import_trials, handed in by the command line (sweep.imported reads
+    # the board and the study, so this module naming it would close an import cycle)
+    importer: Callable[..., tuple[int, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,10 @@ def run_sweep(request: SweepRequest, printer: Callable[[str], None] = print) -> 
     url = storage_url(out_dir, request.storage)
     check_storage_reachable(url)
     if request.import_trials is not None:  # into the new storage first; the design check below then sees them
-        from ablations.sweep.imported import import_trials
-
+        if request.importer is None:
+            raise SweepError("--import-trials: no importer given (ablations.sweep.imported.import_trials)")
         fixed = open_study(dataclasses.replace(study, sequential=None), open_storage(url), name)
-        added, design = import_trials(study, fixed, request.import_trials)
+        added, design = request.importer(study, fixed, request.import_trials)
         printer(f"[{name}] imported {added} finished trial(s) from {request.import_trials}"
                 + (" with their sequential design" if design else ""))  # fmt: skip
     board = open_study(study, open_storage(url), name)
