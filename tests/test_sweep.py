@@ -606,8 +606,11 @@ def test_until_resolved_adds_seeds_to_unresolved_arms_only_resumes_and_keeps_its
     assert set(done) == set(again.pairs) and all(n == 1 for n in done.values())  # exactly the design's pairs, once
     assert again.finished
     third = {arm for arm, seed in done if seed == 2}
-    # the third seed ran for the arms unresolved after look 1 and, if any did, for the baseline
-    assert third == ({a for a, s in again.states.items() if s.look == 2} | {"0.01"} if third else set())
+    # the third seed ran exactly for the arms look 1 left unresolved and, if there were any, for the baseline
+    first = {a: {s: v for s, v in by_seed.items() if s < 2} for a, by_seed in values.items()}
+    after_one = decide(first, "0.01", ["0.02", "0.04"], Design.from_dict(stored_design), min_effect=0.01)
+    running = {a for a, s in after_one.states.items() if s.verdict == "running"}
+    assert after_one.decided_looks == 1 and third == (running | {"0.01"} if running else set())
     printed = result.stdout
     assert "look 1 of 2 (2 seeds) decided" in printed and "Group-sequential design: looks at 2, 3" in printed
     # The same command again runs nothing; another design on the same storage is refused.

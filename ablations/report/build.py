@@ -36,7 +36,7 @@ from ablations.report.papers import (
     papers_for,
 )
 from ablations.results import names, noise, stats, tables
-from ablations.results.frames import ResultsError, json_text, read_csv, to_csv, write_atomic
+from ablations.results.frames import ResultsError, json_text, read_csv, read_meta, to_csv, write_atomic
 from ablations.sweep.geometry import StudyGeometry, conv_label, study_geometry
 from ablations.sweep.study import Study, StudyError, load_study
 from ablations.sweep.summary import committed_floor
@@ -89,7 +89,7 @@ def load_inputs(
     out = []
     for path in study_files:
         # The profile the data was recorded with, not what `auto` would pick on this machine.
-        profile = profiles.get(path.stem) or _read_meta(data_dir / f"{path.stem}.meta.json").get("profile")
+        profile = profiles.get(path.stem) or read_meta(data_dir / f"{path.stem}.meta.json").get("profile")
         try:
             study = load_study(path, profile=profile)
         except StudyError as error:
@@ -806,7 +806,7 @@ def generate(
     floors = _floors(inputs, data_dir, sweeps_dir)
     for study, df in inputs:
         meta_path = data_dir / f"{study.name}.meta.json"
-        meta = _read_meta(meta_path)
+        meta = read_meta(meta_path)
         speed_path = data_dir / f"{study.name}.speed.csv"
         speed = read_csv(speed_path, (names.ARM,)) if speed_path.is_file() else None
         csv_path = data_dir / f"{study.name}.csv"
@@ -843,7 +843,7 @@ def generate(
             for study, df in load_inputs(others, data_dir, {}, {}, []):
                 speed_path = data_dir / f"{study.name}.speed.csv"
                 speed = read_csv(speed_path, (names.ARM,)) if speed_path.is_file() else None
-                meta = _read_meta(data_dir / f"{study.name}.meta.json")
+                meta = read_meta(data_dir / f"{study.name}.meta.json")
                 indexed[study.name] = analyse(study, df, meta, speed, papers, floor=_floor_for(study, floors))
         order = list(files)
         ordered = sorted(indexed.values(), key=lambda r: order.index(r.name))
@@ -876,7 +876,7 @@ def _floors(
             if floor is not None:
                 out[study.profile] = floor
     if not out:
-        meta = _read_meta(data_dir / f"{noise.STUDY}.meta.json")
+        meta = read_meta(data_dir / f"{noise.STUDY}.meta.json")
         floor = committed_floor(data_dir, meta.get("profile"), sweeps_dir)
         if floor is not None:
             out[floor.profile] = floor
@@ -885,17 +885,6 @@ def _floors(
 
 def _floor_for(study: Study, floors: dict[str | None, noise.NoiseFloor]) -> noise.NoiseFloor | None:
     return None if study.name == noise.STUDY or not study.is_grid else floors.get(study.profile)
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    import json
-
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ResultsError(f"{path}: not valid JSON") from None
 
 
 def sweep_report(study: Study, name: str, url: str, out_dir: Path) -> str:

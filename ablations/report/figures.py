@@ -13,6 +13,7 @@ from scipy import stats as st
 
 from ablations.results import names
 from ablations.results import stats as rstats
+from ablations.results.tables import missing
 
 STYLE = {
     "font.size": 9,
@@ -79,14 +80,14 @@ def forest_figure(comparisons: pd.DataFrame, min_effect: float, title: str, floo
         for side in (-floor, floor):
             axes.axvline(side, color="C3", linewidth=0.8, linestyle=":")
     axes.axvline(0, color="0.5", linewidth=0.8)
-    deltas = [abs(r["delta"]) for r in rows if not tables_missing(r.get("delta"))]
+    deltas = [abs(r["delta"]) for r in rows if not missing(r.get("delta"))]
     edge = max([4 * min_effect, 2 * floor, *(1.5 * d for d in deltas)])
     for y, r in enumerate(rows):
         delta = r.get("delta")
-        if tables_missing(delta):
+        if missing(delta):
             continue
         low, high = r.get("low"), r.get("high")
-        if not tables_missing(low) and not tables_missing(high):
+        if not missing(low) and not missing(high):
             axes.hlines(y, max(low, -edge), min(high, edge), color="C0", linewidth=1.5)
             for end, cut in ((low, -edge), (high, edge)):
                 if (end < cut) if cut < 0 else (end > cut):
@@ -101,10 +102,6 @@ def forest_figure(comparisons: pd.DataFrame, min_effect: float, title: str, floo
     floor_text = f"; dotted: noise floor ±{floor:.4f}" if floor > 0 else ""
     axes.set_title(f"{title} — grey band: ±min_effect {min_effect:g}{floor_text}", fontsize=9)
     return _png(figure)
-
-
-def tables_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
 def _front(xs: Sequence[float], ys: Sequence[float], x_up: bool) -> list[int]:

@@ -188,6 +188,18 @@ def read_csv(path: str | Path, required: Sequence[str] = names.REQUIRED_COLUMNS)
     return df
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """A study's ``<data>/<study>.meta.json`` (where and how its data was recorded; its sequential design), or {}
+    when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ResultsError(f"{path}: not valid JSON") from None
+
+
 def json_text(value: Any) -> str:
     """Stable JSON (sorted keys, two-space indent, final newline) for metadata files."""
     return json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"

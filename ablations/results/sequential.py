@@ -38,7 +38,7 @@ import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -287,7 +287,6 @@ class ArmState:
     interval: Interval
     boundary_p: float  # the nominal two-sided level the arm's null was tested at, at that look
     note: str = ""
-    chance: float = math.nan  # at an interim look: the chance of a resolved verdict at the last look
 
 
 @dataclass
@@ -303,11 +302,6 @@ class Outcome:
     @property
     def finished(self) -> bool:
         return all(s.verdict != RUNNING for s in self.states.values())
-
-    @property
-    def current_look(self) -> int:
-        """The look being run (1-based), or the number of looks when finished."""
-        return min(self.decided_looks + (0 if self.finished else 1), len(self.design.looks))
 
 
 def decide(
@@ -389,7 +383,7 @@ def decide(
         for a in active:
             i, level = intervals[a], levels[a]
             good = (i.delta > 0) == maximize
-            verdict, note, chance = RUNNING, "", math.nan
+            verdict, note = RUNNING, ""
             if a in rejected and abs(i.delta) >= max(min_effect, floors.get(a, 0.0)):
                 verdict = BETTER if good else WORSE
                 note = clearance_note(i, min_effect)
@@ -413,7 +407,7 @@ def decide(
                         f"futility stop: a {chance:.0%} chance of a resolved verdict at {design.max_seeds} seeds "
                         "at the observed Δ and sd"
                     )
-            states[a] = ArmState(a, verdict, k + 1, i, level, note, chance)
+            states[a] = ArmState(a, verdict, k + 1, i, level, note)
             if verdict == RUNNING:
                 still.append(a)
         active = still
@@ -435,13 +429,6 @@ def _why_inconclusive(interval: Interval, rejected: bool, min_effect: float, flo
     if rejected:
         return f"Δ ≠ 0, but |Δ| < min_effect {min_effect:g} and the interval is not within ±min_effect"
     return ""
-
-
-def with_seeds(design: Design, first_seeds: Sequence[int]) -> Design:
-    """``design`` with its seed order rebuilt from ``first_seeds`` (the study's seeds)."""
-    rebuilt = make_design(looks=design.looks, alpha=design.alpha, boundary=design.boundary, futility=design.futility,
-                          first_seeds=first_seeds)  # fmt: skip
-    return replace(design, seeds=rebuilt.seeds)
 
 
 def look_lines(study: Any, result: Outcome, *, since: int = 0) -> list[str]:

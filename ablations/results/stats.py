@@ -159,28 +159,6 @@ def resolve_probability(
     return float(np.mean(outside + inside))
 
 
-def seeds_to_resolve(
-    delta: float,
-    sd: float,
-    *,
-    level: float,
-    min_effect: float,
-    threshold: float | None = None,
-    chance: float = 0.8,
-    largest: int = 1000,
-) -> int | None:
-    """The smallest seed count (≥ 3) whose fixed-n comparison at ``level`` ends resolved with probability ≥
-    ``chance`` if Δ and sd are what was observed; ``largest + 1`` when none up to ``largest`` does; None when
-    the sd is unknown."""
-    if sd is None or not math.isfinite(sd) or not math.isfinite(delta):
-        return None
-    for n in range(3, largest + 1):
-        p = resolve_probability(delta, sd, n, level=level, min_effect=min_effect, threshold=threshold)
-        if p >= chance:
-            return n
-    return largest + 1
-
-
 def seeds_needed(
     delta: float, sd: float, min_effect: float, *, alpha: float = ALPHA, chance: float = POWER
 ) -> int | None:

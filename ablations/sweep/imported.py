@@ -11,7 +11,6 @@ ran on one machine."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from optuna.trial import TrialState
 
 from ablations.config import SEED_MAX
 from ablations.results import names
-from ablations.results.frames import ResultsError, read_csv
+from ablations.results.frames import ResultsError, read_csv, read_meta
 from ablations.sweep.board import DESIGN_ATTR, Board
 from ablations.sweep.storage import SweepError
 from ablations.sweep.study import Study
@@ -115,13 +114,10 @@ def _whole_looks(study: Study, df: pd.DataFrame, design: dict[str, Any] | None) 
 
 
 def _meta(path: Path) -> dict[str, Any]:
-    meta = path.with_name(path.name.removesuffix(".csv") + ".meta.json")
-    if not meta.is_file():
-        return {}
     try:
-        return json.loads(meta.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SweepError(f"--import-trials: {meta} is not valid JSON") from None
+        return read_meta(path.with_name(path.name.removesuffix(".csv") + ".meta.json"))
+    except ResultsError as error:
+        raise SweepError(f"--import-trials: {error}") from None
 
 
 def _validations(path: Path) -> dict[int, list[dict[str, Any]]]:

@@ -82,7 +82,7 @@ def committed_floor(
 ) -> noise.NoiseFloor | None:
     """The floor committed in ``data_dir`` for ``profile`` (its ``noise_floor.csv``, recorded with that profile), or
     None when it has not been measured there."""
-    from ablations.results.frames import read_csv
+    from ablations.results.frames import read_csv, read_meta
     from ablations.sweep.study import StudyError, load_study
 
     data_dir = Path(data_dir)
@@ -91,7 +91,7 @@ def committed_floor(
     if not (csv.is_file() and meta.is_file() and study_file.is_file()):
         return None
     try:
-        recorded = json.loads(meta.read_text()).get("profile")
+        recorded = read_meta(meta).get("profile")
         if recorded != profile:
             return None
         return noise.measure(read_csv(csv), load_study(study_file, profile=recorded))
